@@ -1,0 +1,33 @@
+package server
+
+import (
+	"context"
+
+	"github.com/quicpush/quicpush/store"
+)
+
+// Store is what the server needs from a channel log. It is engine-neutral so
+// that a distributed backend can replace the embedded Badger store.
+//
+// Implementations: store.DB (Badger) and memstore.Store; both pass the
+// contract suite in store/storetest.
+type Store interface {
+	// Append durably appends messages, assigning each channel's next seqs in
+	// request order, and returns once they are durable. Requests from
+	// concurrent callers may be committed together (group commit).
+	Append(ctx context.Context, reqs []store.AppendRequest) ([]store.AppendResult, error)
+	// Range returns the channel's retained messages with from <= seq <= to,
+	// in seq order, at most limit of them.
+	Range(ctx context.Context, channel string, from, to uint64, limit int) ([]store.Message, error)
+	// Bounds returns the channel's epoch, first retained and last committed seq.
+	Bounds(ctx context.Context, channel string) (store.Bounds, error)
+	// SetCursor records that user has handled channel up to pos. It never
+	// moves a cursor backwards within an epoch.
+	SetCursor(ctx context.Context, user, channel string, pos store.Position) error
+	// Cursor returns user's acknowledged position on channel (zero if none).
+	Cursor(ctx context.Context, user, channel string) (store.Position, error)
+	// Watch calls fn with every batch of committed messages, in commit order
+	// (so in seq order per channel), after they are visible to Bounds and
+	// Range. fn must not block. The returned func stops the calls.
+	Watch(fn func([]store.Message)) (stop func())
+}
