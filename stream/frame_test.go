@@ -1,0 +1,196 @@
+package stream
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/quic-go/quic-go/quicvarint"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// sampleFrames holds one frame of every type, to seed tests and fuzzing.
+func sampleFrames() []*pb.Frame {
+	return []*pb.Frame{
+		{Body: &pb.Frame_Hello{Hello: &pb.Hello{Version: 1, Token: "t", ClientId: "c", DeviceId: "d", Features: 3}}},
+		{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{Version: 1, ConnectionId: "x", User: "u", HeartbeatMs: 5000, HoleWaitMs: 50, MergeWindowMs: 20, RepairBatch: 512, MaxFrameSize: MaxFrameSize, AckDelayMs: 100}}},
+		{Body: &pb.Frame_Ping{Ping: &pb.Ping{Id: 7, Padding: make([]byte, 48)}}},
+		{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: 7}}},
+		{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{Code: pb.ErrorCode_SHUTTING_DOWN, ReconnectAfterMs: 100, Message: "bye"}}},
+		{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: "classroom"}}},
+		{Body: &pb.Frame_Subscribe{Subscribe: &pb.Subscribe{RequestId: 1, Channel: "room/a", Start: pb.Start_START_AFTER, Epoch: 9, After: 4}}},
+		{Body: &pb.Frame_Subscribed{Subscribed: &pb.Subscribed{RequestId: 1, Channel: "room/a", Epoch: 9, Head: 10, FirstRetained: 1, StartAfter: 4, Reset_: true}}},
+		{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: "room/a"}}},
+		{Body: &pb.Frame_Push{Push: &pb.Push{Channel: "room/a", Epoch: 9, Seq: 11, Data: []byte("hello"), TimeUnixNs: 1, From: "t", Id: "p-1"}}},
+		{Body: &pb.Frame_Ack{Ack: &pb.Ack{Channel: "room/a", Epoch: 9, Seq: 11}}},
+		{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: 2, Channel: "room/a", Data: []byte("x"), Class: pb.Class_CLASS_DROPPABLE, Id: "p-2"}}},
+		{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: 2, Channel: "room/a", Epoch: 9, Seq: 12, Duplicate: true}}},
+		{Body: &pb.Frame_RepairRequest{RepairRequest: &pb.RepairRequest{Channel: "room/a", Epoch: 9, From: 3, To: 8, Limit: 100}}},
+		{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{Next: 9, FirstRetained: 1, Head: 12}}},
+		{Body: &pb.Frame_Error{Error: &pb.Error{Code: pb.ErrorCode_WRONG_EPOCH, Message: "m", RequestId: 3, Channel: "room/a"}}},
+	}
+}
+
+func TestFramesRoundTrip(t *testing.T) {
+	var buf []byte
+	frames := sampleFrames()
+	for _, f := range frames {
+		var err error
+		buf, err = AppendFrame(buf, f)
+		require.NoError(t, err)
+	}
+	r := NewReader(bytes.NewReader(buf), 0)
+	for _, want := range frames {
+		got, err := r.ReadFrame()
+		require.NoError(t, err)
+		require.True(t, proto.Equal(want, got), "want %v, got %v", want, got)
+	}
+	_, err := r.ReadFrame()
+	require.ErrorIs(t, err, io.EOF)
+}
+
+func TestEveryFrameTypeIsSampled(t *testing.T) {
+	oneof := (&pb.Frame{}).ProtoReflect().Descriptor().Oneofs().ByName("body")
+	seen := map[string]bool{}
+	for _, f := range sampleFrames() {
+		seen[Name(f)] = true
+	}
+	for i := 0; i < oneof.Fields().Len(); i++ {
+		name := string(oneof.Fields().Get(i).Name())
+		require.True(t, seen[name], "no sample frame of type %s", name)
+	}
+}
+
+func TestOversizeFrameRejectedBeforeReading(t *testing.T) {
+	b := quicvarint.Append(nil, 1<<40) // claims a terabyte, sends nothing more
+	_, err := NewReader(bytes.NewReader(b), 0).ReadFrame()
+	require.ErrorIs(t, err, &Error{Code: FrameTooLarge})
+
+	big := &pb.Frame{Body: &pb.Frame_Push{Push: &pb.Push{Data: make([]byte, MaxFrameSize)}}}
+	_, err = AppendFrame(nil, big)
+	require.ErrorIs(t, err, &Error{Code: FrameTooLarge})
+}
+
+func TestBadFrames(t *testing.T) {
+	unknown := quicvarint.Append(nil, 3)
+	unknown = append(unknown, 0xf8, 0x06, 0x01) // field 111, varint 1: not in the oneof
+	_, err := NewReader(bytes.NewReader(unknown), 0).ReadFrame()
+	require.ErrorIs(t, err, &Error{Code: FrameUnknown})
+
+	malformed := quicvarint.Append(nil, 2)
+	malformed = append(malformed, 0x0a, 0x05) // hello of 5 bytes, truncated
+	_, err = NewReader(bytes.NewReader(malformed), 0).ReadFrame()
+	require.ErrorIs(t, err, &Error{Code: FrameMalformed})
+
+	truncated, err := AppendFrame(nil, sampleFrames()[0])
+	require.NoError(t, err)
+	_, err = NewReader(bytes.NewReader(truncated[:len(truncated)-1]), 0).ReadFrame()
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+}
+
+func TestErrCodesMirrorProto(t *testing.T) {
+	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced,
+		ProtocolViolation, FrameTooLarge, FrameUnknown, FrameUnexpected, FrameMalformed, VersionUnsupported, Unauthorized,
+		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported}
+	require.Len(t, codes, len(pb.ErrorCode_name))
+	for _, c := range codes {
+		name, ok := pb.ErrorCode_name[int32(c)]
+		require.True(t, ok, "code 0x%x not in the proto enum", uint64(c))
+		require.Equal(t, name, c.String())
+	}
+	require.Equal(t, "ERROR_0x999", ErrCode(0x999).String())
+	require.True(t, SlowConsumer.Reconnect())
+	require.True(t, Unauthorized.Terminal())
+	require.False(t, WrongEpoch.Reconnect() || WrongEpoch.Terminal())
+	err := error(Errorf(WrongEpoch, "epoch %d", 3))
+	require.True(t, errors.Is(err, &Error{Code: WrongEpoch}))
+	code, ok := CodeOf(err)
+	require.True(t, ok)
+	require.Equal(t, WrongEpoch, code)
+}
+
+func TestValidateChannel(t *testing.T) {
+	require.NoError(t, ValidateChannel("room/math-101"))
+	require.NoError(t, ValidateChannel("user/éloïse"))
+	for _, bad := range []string{"", "a b", "a\nb", string(make([]byte, MaxChannelLen+1)), "\xff"} {
+		require.ErrorIs(t, ValidateChannel(bad), &Error{Code: BadRequest}, "%q", bad)
+	}
+}
+
+// FuzzFrameReader feeds arbitrary bytes, delivered in random pieces, to the
+// Reader: it must never panic, never return a frame that does not
+// re-encode to an equal frame, and never allocate beyond the cap.
+func FuzzFrameReader(f *testing.F) {
+	for _, fr := range sampleFrames() {
+		b, err := AppendFrame(nil, fr)
+		require.NoError(f, err)
+		f.Add(b, uint64(1))
+	}
+	all := []byte{}
+	for _, fr := range sampleFrames() {
+		all, _ = AppendFrame(all, fr)
+	}
+	f.Add(all, uint64(42))
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		r := NewReader(&choppyReader{data: data, rng: rand.New(rand.NewPCG(seed, seed))}, 0)
+		for i := 0; i < 1000; i++ {
+			fr, err := r.ReadFrame()
+			if err != nil {
+				return
+			}
+			b, err := AppendFrame(nil, fr)
+			if err != nil {
+				t.Fatalf("decoded frame does not re-encode: %v", err)
+			}
+			again, err := NewReader(bytes.NewReader(b), 0).ReadFrame()
+			if err != nil || !proto.Equal(fr, again) {
+				t.Fatalf("round trip changed the frame: %v vs %v (%v)", fr, again, err)
+			}
+		}
+	})
+}
+
+// choppyReader returns data in random-sized pieces, as a stream would.
+type choppyReader struct {
+	data []byte
+	rng  *rand.Rand
+}
+
+func (c *choppyReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := 1 + c.rng.IntN(len(c.data))
+	n = min(n, len(p))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func BenchmarkAppendFrame(b *testing.B) {
+	f := &pb.Frame{Body: &pb.Frame_Push{Push: &pb.Push{Channel: "room/math-101", Epoch: 1 << 60, Seq: 123456, Data: make([]byte, 100), TimeUnixNs: 1 << 62}}}
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf, _ = AppendFrame(buf[:0], f)
+	}
+}
+
+func BenchmarkReadFrame(b *testing.B) {
+	f := &pb.Frame{Body: &pb.Frame_Push{Push: &pb.Push{Channel: "room/math-101", Epoch: 1 << 60, Seq: 123456, Data: make([]byte, 100), TimeUnixNs: 1 << 62}}}
+	one, _ := AppendFrame(nil, f)
+	rd := bytes.NewReader(one)
+	r := NewReader(rd, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		rd.Reset(one)
+		if _, err := r.ReadFrame(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
