@@ -1512,7 +1512,9 @@ func (x *PublishAck) GetDuplicate() bool {
 }
 
 // RepairRequest is the first and only client frame of a repair stream:
-// send the channel's messages from..to (inclusive), at most limit.
+// send the channel's messages from..to (inclusive), at most limit. Epoch 0
+// reads the current epoch, whatever it is (a history read); any other epoch
+// that is not the channel's current one gets WRONG_EPOCH.
 type RepairRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`

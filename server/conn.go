@@ -1,0 +1,255 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// Stream priorities (RFC 9218 urgency, lower first): control frames go
+// ahead of live pushes, and repairs never get in the way of either.
+const (
+	urgencyControl = 0
+	urgencySession = 3
+	urgencyRepair  = 6
+)
+
+// conn is one client connection: its control stream, its session streams
+// and its repair streams.
+type conn struct {
+	s      *Server
+	qc     *quic.Conn
+	id     string
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	budget *stream.Budget
+
+	user    string
+	control atomic.Pointer[stream.Sender] // set once the hello is done
+
+	wg       sync.WaitGroup // the connection's stream goroutines
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+}
+
+func newConn(s *Server, qc *quic.Conn) *conn {
+	var b [8]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	ctx, cancel := context.WithCancel(s.ctx)
+	return &conn{
+		s: s, qc: qc, id: id, ctx: ctx, cancel: cancel,
+		log:      s.log.With("conn", id, "remote", qc.RemoteAddr().String()),
+		budget:   stream.NewBudget(int64(s.cfg.SendQueueBytes)),
+		sessions: map[*session]struct{}{},
+	}
+}
+
+// serve runs the connection until it ends.
+func (c *conn) serve() {
+	defer func() {
+		c.closeWith(stream.NoError, "")
+		c.cancel()
+		c.wg.Wait()
+		c.mu.Lock()
+		for sess := range c.sessions {
+			sess.unsubscribeAll()
+		}
+		c.mu.Unlock()
+	}()
+	if tls := c.qc.ConnectionState().TLS; tls.NegotiatedProtocol != stream.ALPN {
+		// The dispatch point for other protocols (WebTransport over h3).
+		c.closeWith(stream.ProtocolViolation, "unsupported application protocol "+tls.NegotiatedProtocol)
+		return
+	}
+	r, err := c.handshake()
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.acceptStreams()
+	}()
+	c.fail(c.controlLoop(r))
+}
+
+// handshake reads the Hello on the control stream and answers Welcome.
+func (c *conn) handshake() (*stream.Reader, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.HelloTimeout)
+	defer cancel()
+	st, err := c.qc.AcceptStream(ctx)
+	if err != nil {
+		if ctx.Err() != nil && c.ctx.Err() == nil {
+			return nil, stream.Errorf(stream.HelloTimeout, "no control stream within %v", c.s.cfg.HelloTimeout)
+		}
+		return nil, err
+	}
+	st.SetPriority(urgencyControl, false)
+	st.SetReadDeadline(time.Now().Add(c.s.cfg.HelloTimeout))
+	r := stream.NewReader(st, 0)
+	f, err := r.ReadFrame()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			return nil, stream.Errorf(stream.HelloTimeout, "no hello within %v", c.s.cfg.HelloTimeout)
+		}
+		return nil, err
+	}
+	st.SetReadDeadline(time.Time{})
+	hello := f.GetHello()
+	if hello == nil {
+		return nil, stream.Errorf(stream.FrameUnexpected, "%s frame before hello: the control stream must start with hello", stream.Name(f))
+	}
+	if hello.Version != stream.Version {
+		return nil, stream.Errorf(stream.VersionUnsupported, "protocol version %d not supported, this server speaks %d", hello.Version, stream.Version)
+	}
+	reply, err := c.s.cfg.Authenticate(ctx, HelloEvent{Token: hello.Token, ClientID: hello.ClientId, DeviceID: hello.DeviceId, RemoteAddr: c.qc.RemoteAddr()})
+	if err != nil {
+		return nil, stream.Errorf(stream.Unauthorized, "%v", err)
+	}
+	c.user = reply.User
+	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
+	control := stream.NewSender(st, c.budget, c.onSendError)
+	c.control.Store(control)
+	cfg := &c.s.cfg
+	err = control.SendFrames(&pb.Frame{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
+		Version: stream.Version, Minor: stream.MinorVersion, ConnectionId: c.id, User: c.user,
+		HeartbeatMs: ms(cfg.Heartbeat), HoleWaitMs: ms(cfg.HoleWait), MergeWindowMs: ms(cfg.MergeWindow),
+		RepairBatch: uint32(cfg.RepairBatch), MaxFrameSize: stream.MaxFrameSize, AckDelayMs: ms(cfg.AckDelay),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	c.log.Debug("client connected")
+	return r, nil
+}
+
+func (c *conn) controlLoop(r *stream.Reader) error {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch b := f.Body.(type) {
+		case *pb.Frame_Ping:
+			if err := c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}}); err != nil {
+				return err
+			}
+		default:
+			return stream.Unexpected(f, "on the control stream")
+		}
+	}
+}
+
+func (c *conn) acceptStreams() {
+	for {
+		st, err := c.qc.AcceptStream(c.ctx)
+		if err != nil {
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.fail(c.serveStream(st))
+		}()
+	}
+}
+
+// serveStream dispatches a client-opened stream on its first frame.
+func (c *conn) serveStream(st *quic.Stream) error {
+	r := stream.NewReader(st, 0)
+	f, err := r.ReadFrame()
+	if err != nil {
+		if err == io.EOF {
+			return nil
+		}
+		return err
+	}
+	switch b := f.Body.(type) {
+	case *pb.Frame_SessionOpen:
+		sess := c.openSession(st, b.SessionOpen.Name)
+		defer c.closeSession(sess)
+		return sess.run(r)
+	case *pb.Frame_RepairRequest:
+		return c.serveRepair(st, b.RepairRequest)
+	default:
+		return stream.Unexpected(f, "as the first frame of a stream (want session_open or repair_request)")
+	}
+}
+
+func (c *conn) openSession(st *quic.Stream, name string) *session {
+	st.SetPriority(urgencySession, true)
+	sess := newSession(c, st, name)
+	c.mu.Lock()
+	c.sessions[sess] = struct{}{}
+	c.mu.Unlock()
+	return sess
+}
+
+func (c *conn) closeSession(sess *session) {
+	sess.unsubscribeAll()
+	c.mu.Lock()
+	delete(c.sessions, sess)
+	c.mu.Unlock()
+}
+
+// fail ends the connection for err: a protocol error is reported to the
+// client with its code; a closed stream or connection needs no report.
+func (c *conn) fail(err error) {
+	if err == nil || err == io.EOF {
+		return
+	}
+	var pe *stream.Error
+	if errors.As(err, &pe) && !pe.Remote {
+		c.log.Info("closing connection", "code", pe.Code, "reason", pe.Message)
+		c.closeWith(pe.Code, pe.Message)
+		return
+	}
+	if errors.Is(err, stream.ErrQueueFull) {
+		c.log.Warn("closing slow consumer", "queued", c.budget.Used())
+		c.closeWith(stream.SlowConsumer, "send queue full")
+		return
+	}
+	c.log.Debug("connection ended", "err", err)
+	c.closeWith(stream.NoError, "")
+}
+
+func (c *conn) onSendError(err error) { c.fail(err) }
+
+func (c *conn) closeWith(code stream.ErrCode, msg string) {
+	c.qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
+}
+
+func (c *conn) close(code stream.ErrCode, msg string) { c.closeWith(code, msg) }
+
+// goAway asks the client to reconnect elsewhere or later.
+func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
+	control := c.control.Load()
+	if control == nil {
+		c.closeWith(code, msg)
+		return
+	}
+	control.SendFrames(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
+		Code: pb.ErrorCode(code), ReconnectAfterMs: ms(after), Message: msg,
+	}}})
+}
+
+func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}

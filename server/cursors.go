@@ -1,0 +1,62 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/quicpush/quicpush/store"
+)
+
+// cursorWriter coalesces acknowledged positions so that a stream of acks
+// costs at most one store write per (user, channel) per interval.
+type cursorWriter struct {
+	store    Store
+	interval time.Duration
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	dirty map[cursorKey]store.Position
+}
+
+type cursorKey struct{ user, channel string }
+
+func newCursorWriter(st Store, interval time.Duration, log *slog.Logger) *cursorWriter {
+	return &cursorWriter{store: st, interval: interval, log: log, dirty: map[cursorKey]store.Position{}}
+}
+
+func (w *cursorWriter) set(user, channel string, pos store.Position) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := cursorKey{user, channel}
+	if old, ok := w.dirty[k]; ok && old.Epoch == pos.Epoch && old.Seq >= pos.Seq {
+		return
+	}
+	w.dirty[k] = pos
+}
+
+func (w *cursorWriter) run(ctx context.Context) {
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.flush(ctx)
+		}
+	}
+}
+
+func (w *cursorWriter) flush(ctx context.Context) {
+	w.mu.Lock()
+	dirty := w.dirty
+	w.dirty = map[cursorKey]store.Position{}
+	w.mu.Unlock()
+	for k, pos := range dirty {
+		if err := w.store.SetCursor(ctx, k.user, k.channel, pos); err != nil {
+			w.log.Warn("cannot save cursor", "user", k.user, "channel", k.channel, "err", err)
+		}
+	}
+}

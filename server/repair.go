@@ -1,0 +1,71 @@
+package server
+
+import (
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// repairPage bounds the messages read from the store at once.
+const repairPage = 256
+
+// serveRepair answers one repair request (epoch 0 reads whatever the
+// current epoch holds: a history read) from the store and closes the
+// stream. It runs on the stream's own goroutine and writes at the lowest
+// priority, so a large repair never delays live pushes.
+func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
+	st.SetPriority(urgencyRepair, false)
+	st.CancelRead(quic.StreamErrorCode(stream.NoError)) // nothing more is read
+	defer st.Close()
+	fail := func(e *stream.Error) error {
+		f := e.Frame()
+		f.GetError().Channel = req.Channel
+		b, _ := stream.AppendFrame(nil, f)
+		_, err := st.Write(b)
+		return err
+	}
+	if err := stream.ValidateChannel(req.Channel); err != nil {
+		return fail(err.(*stream.Error))
+	}
+	b, err := c.s.cfg.Store.Bounds(c.ctx, req.Channel)
+	if err != nil {
+		return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err))
+	}
+	if req.Epoch != 0 && req.Epoch != b.Epoch {
+		return fail(stream.Errorf(stream.WrongEpoch, "epoch %d of %s is not its current epoch %d: subscribe again", req.Epoch, req.Channel, b.Epoch))
+	}
+	if req.From == 0 || req.From > req.To || req.From > b.Last+1 {
+		return fail(stream.Errorf(stream.InvalidRange, "range %d..%d of %s is invalid (head %d)", req.From, req.To, req.Channel, b.Last))
+	}
+	limit := c.s.cfg.RepairBatch
+	if req.Limit > 0 && int(req.Limit) < limit {
+		limit = int(req.Limit)
+	}
+	from := max(req.From, b.First)
+	to := min(req.To, b.Last, from+uint64(limit)-1)
+	next := from
+	var buf []byte
+	for next <= to {
+		msgs, err := c.s.cfg.Store.Range(c.ctx, req.Channel, next, to, repairPage)
+		if err != nil {
+			return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err))
+		}
+		if len(msgs) == 0 {
+			break
+		}
+		buf = buf[:0]
+		for _, m := range msgs {
+			buf, _ = stream.AppendFrame(buf, pushFrame(m))
+		}
+		if _, err := st.Write(buf); err != nil {
+			return nil // the client gave up on this repair
+		}
+		next = msgs[len(msgs)-1].Seq + 1
+	}
+	end, _ := stream.AppendFrame(nil, &pb.Frame{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{
+		Next: next, FirstRetained: b.First, Head: b.Last,
+	}}})
+	st.Write(end)
+	return nil
+}

@@ -1,0 +1,336 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/stream"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("quicpush: server closed")
+
+// Config configures a Server. Zero values mean the documented defaults.
+type Config struct {
+	// Store is the channel log. Required.
+	Store Store
+	// TLSConfig holds the server's certificate (Certificates or
+	// GetCertificate). Required. The server uses a clone with NextProtos set.
+	TLSConfig *tls.Config
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Authenticate decides who a Hello is from. Nil means dev mode: every
+	// client is accepted, its user being its token ("anonymous" if empty).
+	Authenticate func(ctx context.Context, ev HelloEvent) (HelloReply, error)
+
+	// Heartbeat is the Ping interval told to clients. Zero: 15 s, short
+	// enough to keep a phone's NAT mapping alive (often 30 s for UDP).
+	Heartbeat time.Duration
+	// IdleTimeout closes a connection that sent nothing. Zero: 3x Heartbeat,
+	// so that a late heartbeat does not end a connection.
+	IdleTimeout time.Duration
+	// HelloTimeout bounds the wait for the client's Hello. Zero: 10 s.
+	HelloTimeout time.Duration
+	// HoleWait, MergeWindow, RepairBatch and AckDelay are told to clients in
+	// Welcome. Zero: 50 ms, 20 ms, 1000 messages, 200 ms.
+	HoleWait    time.Duration
+	MergeWindow time.Duration
+	RepairBatch int
+	AckDelay    time.Duration
+	// SendQueueBytes bounds the bytes queued for one connection beyond what
+	// QUIC flow control takes; a connection over it is closed with
+	// SLOW_CONSUMER and resumes after reconnecting. Zero: 4 MiB.
+	SendQueueBytes int
+	// MaxPublishesInFlight bounds a session's publishes awaiting the store.
+	// Zero: 1024.
+	MaxPublishesInFlight int
+	// CursorFlushInterval coalesces acknowledged cursors before they are
+	// written to the store. Zero: 1 s.
+	CursorFlushInterval time.Duration
+
+	// StatelessResetKey and TokenGeneratorKey should be persisted, so a
+	// restarted server resets old connections at once and accepts 0-RTT.
+	StatelessResetKey *quic.StatelessResetKey
+	TokenGeneratorKey *quic.TokenGeneratorKey
+}
+
+// HelloEvent is what Authenticate gets.
+type HelloEvent struct {
+	Token      string
+	ClientID   string
+	DeviceID   string
+	RemoteAddr net.Addr
+}
+
+// HelloReply is what Authenticate returns for an accepted client.
+type HelloReply struct {
+	User string
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Store == nil {
+		return c, errors.New("server: Config.Store is required")
+	}
+	if c.TLSConfig == nil {
+		return c, errors.New("server: Config.TLSConfig is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Authenticate == nil {
+		c.Authenticate = devAuthenticate
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.Heartbeat, 15*time.Second)
+	def(&c.IdleTimeout, 3*c.Heartbeat)
+	def(&c.HelloTimeout, 10*time.Second)
+	def(&c.HoleWait, 50*time.Millisecond)
+	def(&c.MergeWindow, 20*time.Millisecond)
+	def(&c.AckDelay, 200*time.Millisecond)
+	def(&c.CursorFlushInterval, time.Second)
+	if c.RepairBatch <= 0 {
+		c.RepairBatch = 1000
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 4 << 20
+	}
+	if c.MaxPublishesInFlight <= 0 {
+		c.MaxPublishesInFlight = 1024
+	}
+	if c.IdleTimeout < 2*c.Heartbeat {
+		return c, fmt.Errorf("server: IdleTimeout %v must be at least 2x Heartbeat %v", c.IdleTimeout, c.Heartbeat)
+	}
+	return c, nil
+}
+
+func devAuthenticate(_ context.Context, ev HelloEvent) (HelloReply, error) {
+	if ev.Token == "" {
+		return HelloReply{User: "anonymous"}, nil
+	}
+	return HelloReply{User: ev.Token}, nil
+}
+
+// Server serves quicpush over QUIC.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	hub     *hub
+	cursors *cursorWriter
+
+	ctx    context.Context // ends on Close
+	cancel context.CancelFunc
+
+	mu           sync.Mutex
+	listeners    map[*quic.EarlyListener]struct{}
+	transports   []*quic.Transport
+	conns        map[*conn]struct{}
+	shuttingDown bool
+	closed       bool
+	wg           sync.WaitGroup // every goroutine the server started
+	stopWatch    func()
+}
+
+// New returns a Server; Serve starts serving.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[*quic.EarlyListener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+	s.hub = newHub(cfg.Store)
+	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
+	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.cursors.run(ctx)
+	}()
+	return s, nil
+}
+
+func (s *Server) quicConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:             s.cfg.HelloTimeout,
+		MaxIdleTimeout:                   s.cfg.IdleTimeout,
+		Allow0RTT:                        true,
+		MaxIncomingStreams:               1000,
+		MaxIncomingUniStreams:            100,
+		EnableDatagrams:                  true,
+		EnableStreamResetPartialDelivery: true,
+	}
+}
+
+func (s *Server) tlsConfig() *tls.Config {
+	t := s.cfg.TLSConfig.Clone()
+	t.NextProtos = []string{stream.ALPN}
+	if t.MinVersion < tls.VersionTLS13 {
+		t.MinVersion = tls.VersionTLS13
+	}
+	return t
+}
+
+// ListenAndServe listens on the UDP address addr and serves.
+func (s *Server) ListenAndServe(addr string) error {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("server: listen on %s: %w", addr, err)
+	}
+	return s.Serve(pc)
+}
+
+// Listen starts listening on pc and returns the address; the accept loop
+// runs until Shutdown or Close. Serve is Listen followed by a wait.
+func (s *Server) Listen(pc net.PacketConn) (net.Addr, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shuttingDown || s.closed {
+		return nil, ErrServerClosed
+	}
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey, TokenGeneratorKey: s.cfg.TokenGeneratorKey}
+	ln, err := tr.ListenEarly(s.tlsConfig(), s.quicConfig())
+	if err != nil {
+		return nil, fmt.Errorf("server: listen: %w", err)
+	}
+	s.transports = append(s.transports, tr)
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.acceptLoop(ln)
+	}()
+	return ln.Addr(), nil
+}
+
+// Serve serves on pc until Shutdown or Close, then returns ErrServerClosed.
+func (s *Server) Serve(pc net.PacketConn) error {
+	if _, err := s.Listen(pc); err != nil {
+		return err
+	}
+	<-s.ctx.Done()
+	return ErrServerClosed
+}
+
+func (s *Server) acceptLoop(ln *quic.EarlyListener) {
+	for {
+		qc, err := ln.Accept(s.ctx)
+		if err != nil {
+			return
+		}
+		// Never block here: quic-go queues only 32 finished handshakes.
+		c := newConn(s, qc)
+		if !s.track(c) {
+			qc.CloseWithError(quic.ApplicationErrorCode(stream.ShuttingDown), "server shutting down")
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			c.serve()
+		}()
+	}
+}
+
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shuttingDown || s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+}
+
+// ConnCount returns the number of open connections.
+func (s *Server) ConnCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Shutdown stops accepting connections, sends GOAWAY to every client, waits
+// until they have gone or ctx ends, then closes what is left. The store is
+// not closed: its owner closes it after Shutdown returns.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.shuttingDown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	for _, c := range conns {
+		c.goAway(stream.ShuttingDown, 500*time.Millisecond, "server shutting down")
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.ConnCount() > 0 {
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return s.Close()
+}
+
+// Close closes every connection at once and stops the server. It is safe to
+// call more than once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.close(stream.ShuttingDown, "server closed")
+	}
+	s.mu.Unlock()
+	s.stopWatch()
+	s.cancel()
+	s.wg.Wait()
+	s.cursors.flush(context.Background())
+	for _, tr := range s.transports {
+		tr.Close()
+	}
+	return nil
+}

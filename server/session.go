@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/store"
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// session is one business-session stream: its subscriptions, the pushes to
+// them, and the publishes and acks that come back on it.
+type session struct {
+	c    *conn
+	name string
+	send *stream.Sender
+
+	mu   sync.Mutex
+	subs map[string]struct{}
+
+	pubMu      sync.Mutex
+	pubQueue   []*pb.Publish
+	publishing bool
+}
+
+func newSession(c *conn, st *quic.Stream, name string) *session {
+	return &session{c: c, name: name, send: stream.NewSender(st, c.budget, c.onSendError), subs: map[string]struct{}{}}
+}
+
+// push queues encoded frames for the client; it never blocks (hub.fanOut
+// calls it under the hub's lock).
+func (s *session) push(b []byte) {
+	if err := s.send.Send(b); err != nil {
+		go s.c.fail(err)
+	}
+}
+
+func (s *session) reply(f *pb.Frame) error { return s.send.SendFrames(f) }
+
+func (s *session) replyError(e *stream.Error, requestID uint64, channel string) error {
+	f := e.Frame()
+	f.GetError().RequestId = requestID
+	f.GetError().Channel = channel
+	return s.reply(f)
+}
+
+func (s *session) run(r *stream.Reader) error {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch b := f.Body.(type) {
+		case *pb.Frame_Subscribe:
+			err = s.subscribe(b.Subscribe)
+		case *pb.Frame_Unsubscribe:
+			s.unsubscribe(b.Unsubscribe.Channel)
+		case *pb.Frame_Ack:
+			err = s.ack(b.Ack)
+		case *pb.Frame_Publish:
+			err = s.publish(b.Publish)
+		default:
+			err = stream.Unexpected(f, "on a session stream")
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) subscribe(req *pb.Subscribe) error {
+	if err := stream.ValidateChannel(req.Channel); err != nil {
+		return s.replyError(err.(*stream.Error), req.RequestId, req.Channel)
+	}
+	s.mu.Lock()
+	_, dup := s.subs[req.Channel]
+	s.subs[req.Channel] = struct{}{}
+	s.mu.Unlock()
+	if dup {
+		return s.replyError(stream.Errorf(stream.BadRequest, "already subscribed to %s on this session", req.Channel), req.RequestId, req.Channel)
+	}
+	ctx := s.c.ctx
+	var replyErr error
+	err := s.c.s.hub.subscribe(ctx, s, req.Channel, func(b store.Bounds) {
+		// Under the hub's lock: Subscribed goes out before any live push.
+		ans := &pb.Subscribed{RequestId: req.RequestId, Channel: req.Channel, Epoch: b.Epoch, Head: b.Last, FirstRetained: b.First}
+		switch {
+		case req.Start == pb.Start_START_AFTER && req.Epoch != 0 && req.Epoch != b.Epoch:
+			ans.Reset_ = true
+		case req.Start == pb.Start_START_AFTER:
+			ans.StartAfter = req.After
+		case ownChannel(s.c.user, req.Channel):
+			cur, err := s.c.s.cfg.Store.Cursor(ctx, s.c.user, req.Channel)
+			if err == nil && cur.Epoch == b.Epoch {
+				ans.StartAfter = min(cur.Seq, b.Last)
+			}
+		default:
+			ans.StartAfter = b.Last
+		}
+		if ans.StartAfter > b.Last {
+			replyErr = stream.Errorf(stream.InvalidRange, "position %d is beyond the head %d of %s", ans.StartAfter, b.Last, req.Channel)
+			return
+		}
+		replyErr = s.reply(&pb.Frame{Body: &pb.Frame_Subscribed{Subscribed: ans}})
+	})
+	if err == nil && replyErr != nil {
+		var pe *stream.Error
+		if errors.As(replyErr, &pe) {
+			s.unsubscribe(req.Channel)
+			return s.replyError(pe, req.RequestId, req.Channel)
+		}
+		return replyErr
+	}
+	if err != nil {
+		s.unsubscribe(req.Channel)
+		s.c.log.Warn("subscribe failed", "channel", req.Channel, "err", err)
+		return s.replyError(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err), req.RequestId, req.Channel)
+	}
+	return nil
+}
+
+// ownChannel reports whether channel belongs to user: "user/<user>" or
+// below it. A client with no position starts there at its cursor.
+func ownChannel(user, channel string) bool {
+	own := "user/" + user
+	return channel == own || strings.HasPrefix(channel, own+"/")
+}
+
+func (s *session) unsubscribe(channel string) {
+	s.mu.Lock()
+	delete(s.subs, channel)
+	s.mu.Unlock()
+	s.c.s.hub.unsubscribe(s, channel)
+}
+
+func (s *session) unsubscribeAll() {
+	s.mu.Lock()
+	subs := s.subs
+	s.subs = map[string]struct{}{}
+	s.mu.Unlock()
+	for ch := range subs {
+		s.c.s.hub.unsubscribe(s, ch)
+	}
+}
+
+func (s *session) ack(a *pb.Ack) error {
+	if err := stream.ValidateChannel(a.Channel); err != nil {
+		return stream.Errorf(stream.FrameMalformed, "ack: %v", err)
+	}
+	s.c.s.cursors.set(s.c.user, a.Channel, store.Position{Epoch: a.Epoch, Seq: a.Seq})
+	return nil
+}
+
+// publish validates a publish and queues it for the session's publisher,
+// which appends queued publishes to the store in arrival order, many per
+// call, so a pipelining client gets group commit and keeps its order.
+func (s *session) publish(p *pb.Publish) error {
+	if err := stream.ValidateChannel(p.Channel); err != nil {
+		return s.replyError(err.(*stream.Error), p.RequestId, p.Channel)
+	}
+	if err := stream.ValidateID(p.Id); err != nil {
+		return s.replyError(err.(*stream.Error), p.RequestId, p.Channel)
+	}
+	if len(p.Data) > stream.MaxMessageSize {
+		return s.replyError(stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(p.Data), stream.MaxMessageSize), p.RequestId, p.Channel)
+	}
+	if p.Class == pb.Class_CLASS_DROPPABLE {
+		s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})
+		return s.reply(&pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: p.RequestId, Channel: p.Channel}}})
+	}
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	if len(s.pubQueue) >= s.c.s.cfg.MaxPublishesInFlight {
+		e := stream.Errorf(stream.RateLimited, "more than %d publishes awaiting the store", s.c.s.cfg.MaxPublishesInFlight)
+		e.RetryAfterMs = 100
+		return s.replyError(e, p.RequestId, p.Channel)
+	}
+	s.pubQueue = append(s.pubQueue, p)
+	if !s.publishing {
+		s.publishing = true
+		s.c.wg.Add(1)
+		go func() {
+			defer s.c.wg.Done()
+			s.c.fail(s.publishLoop())
+		}()
+	}
+	return nil
+}
+
+func (s *session) publishLoop() error {
+	for {
+		s.pubMu.Lock()
+		batch := s.pubQueue
+		s.pubQueue = nil
+		if len(batch) == 0 {
+			s.publishing = false
+			s.pubMu.Unlock()
+			return nil
+		}
+		s.pubMu.Unlock()
+
+		reqs := make([]store.AppendRequest, len(batch))
+		for i, p := range batch {
+			reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data}
+		}
+		res, err := s.c.s.cfg.Store.Append(context.WithoutCancel(s.c.ctx), reqs)
+		var out []byte
+		for i, p := range batch {
+			var f *pb.Frame
+			if err != nil {
+				code := stream.StoreUnavailable
+				if errors.Is(err, store.ErrTooLarge) {
+					code = stream.MessageTooLarge
+				}
+				e := stream.Errorf(code, "publish to %s not stored: %v", p.Channel, err)
+				e.RetryAfterMs = 500
+				f = e.Frame()
+				f.GetError().RequestId, f.GetError().Channel = p.RequestId, p.Channel
+			} else {
+				f = &pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{
+					RequestId: p.RequestId, Channel: p.Channel, Epoch: res[i].Epoch, Seq: res[i].Seq, Duplicate: res[i].Duplicate,
+				}}}
+			}
+			out, _ = stream.AppendFrame(out, f)
+		}
+		if err := s.send.Send(out); err != nil {
+			return err
+		}
+	}
+}
