@@ -1,0 +1,283 @@
+package client
+
+import (
+	"sync"
+	"time"
+
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// channel is the reliability state machine of one subscription: the epoch,
+// the highest seq queued for the handler, the highest seq known to exist,
+// a bounded buffer of early arrivals, and the hole timer that turns a
+// missing seq into a repair request.
+//
+// Every field below mu is guarded by it; the handler runs on the channel's
+// own goroutine, never under mu.
+type channel struct {
+	s     *Session
+	name  string
+	h     Handler
+	onGap func(Gap)
+
+	mu        sync.Mutex
+	epoch     uint64
+	queued    uint64 // highest seq queued for the handler, or skipped by a gap
+	head      uint64 // highest seq known to exist
+	havePos   bool   // queued is a real position (saved, or given by Since)
+	buf       map[uint64]Message
+	live      bool // Subscribed arrived on the current connection
+	repairing bool
+	holeTimer *time.Timer
+	ready     []item
+	closed    bool
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// item is a message or a gap to hand to the application, and the position
+// to save once it has been.
+type item struct {
+	msg  Message
+	gap  *Gap
+	save *Position
+}
+
+func newChannel(s *Session, name string, h Handler, onGap func(Gap)) *channel {
+	ch := &channel{
+		s: s, name: name, h: h, onGap: onGap, buf: map[uint64]Message{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	go ch.deliver()
+	return ch
+}
+
+// subscribeFrame says where this channel should start on a (new) connection.
+func (ch *channel) subscribeFrame(requestID uint64) *pb.Frame {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	sub := &pb.Subscribe{RequestId: requestID, Channel: ch.name}
+	if ch.havePos || ch.epoch != 0 {
+		sub.Start, sub.Epoch, sub.After = pb.Start_START_AFTER, ch.epoch, ch.queued
+	}
+	return &pb.Frame{Body: &pb.Frame_Subscribe{Subscribe: sub}}
+}
+
+func (ch *channel) onSubscribed(sub *pb.Subscribed) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if sub.Reset_ {
+		gap := Gap{Channel: ch.name, Epoch: ch.epoch, From: ch.queued + 1, Reason: GapReset}
+		if ch.head > ch.queued {
+			gap.To = ch.head
+		}
+		ch.epoch, ch.queued, ch.head, ch.buf = sub.Epoch, sub.StartAfter, sub.Head, map[uint64]Message{}
+		ch.enqueue(item{gap: &gap, save: &Position{Epoch: sub.Epoch, Seq: sub.StartAfter}})
+	} else {
+		if ch.epoch == 0 {
+			ch.epoch = sub.Epoch
+		}
+		if !ch.havePos {
+			ch.queued = sub.StartAfter
+		}
+		ch.head = max(ch.head, sub.Head)
+	}
+	ch.havePos = true
+	ch.live = true
+	ch.skipExpired(sub.FirstRetained)
+	ch.evaluate(true)
+}
+
+// skipExpired reports seqs before firstRetained that are still missing as
+// an expired gap and moves past them.
+func (ch *channel) skipExpired(firstRetained uint64) {
+	if firstRetained <= ch.queued+1 || ch.head <= ch.queued {
+		return
+	}
+	to := min(firstRetained-1, ch.head)
+	gap := Gap{Channel: ch.name, Epoch: ch.epoch, From: ch.queued + 1, To: to, Reason: GapExpired}
+	ch.queued = to
+	ch.enqueue(item{gap: &gap, save: &Position{Epoch: ch.epoch, Seq: to}})
+	ch.drain()
+}
+
+// onPush takes a message from the live push or a repair.
+func (ch *channel) onPush(p *pb.Push, repaired bool) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed {
+		return
+	}
+	if p.Class == pb.Class_CLASS_DROPPABLE {
+		ch.enqueue(item{msg: messageFrom(p, repaired)})
+		return
+	}
+	if ch.epoch == 0 && ch.queued == 0 {
+		ch.epoch = p.Epoch // the channel got its first message after we subscribed
+	}
+	if p.Epoch != ch.epoch || p.Seq <= ch.queued {
+		return // another epoch's, or a duplicate
+	}
+	ch.head = max(ch.head, p.Seq)
+	if p.Seq == ch.queued+1 {
+		ch.queued++
+		ch.enqueue(item{msg: messageFrom(p, repaired), save: &Position{Epoch: ch.epoch, Seq: p.Seq}})
+		ch.drain()
+	} else if _, ok := ch.buf[p.Seq]; !ok && len(ch.buf) < ch.s.c.cfg.BufferLimit {
+		ch.buf[p.Seq] = messageFrom(p, repaired)
+	}
+	if !repaired {
+		ch.evaluate(false)
+	}
+}
+
+// drain queues buffered messages that are now next in order.
+func (ch *channel) drain() {
+	for {
+		m, ok := ch.buf[ch.queued+1]
+		if !ok {
+			break
+		}
+		delete(ch.buf, ch.queued+1)
+		ch.queued++
+		ch.enqueue(item{msg: m, save: &Position{Epoch: ch.epoch, Seq: m.Seq}})
+	}
+	for seq := range ch.buf {
+		if seq <= ch.queued {
+			delete(ch.buf, seq)
+		}
+	}
+}
+
+// evaluate starts a repair when seqs between queued and head are missing:
+// at once after a subscribe or a repair page, after the hole wait for a
+// hole seen in the live push (holes found within the merge window of each
+// other end up in the same request, as it covers up to the head).
+func (ch *channel) evaluate(now bool) {
+	if ch.head <= ch.queued || ch.repairing || !ch.live || ch.closed {
+		return
+	}
+	if now {
+		if ch.holeTimer != nil {
+			ch.holeTimer.Stop()
+			ch.holeTimer = nil
+		}
+		ch.startRepair()
+		return
+	}
+	if ch.holeTimer == nil {
+		conn := ch.s.connection()
+		if conn == nil {
+			return
+		}
+		wait := conn.params.holeWait + conn.params.mergeWindow
+		ch.holeTimer = time.AfterFunc(wait, func() {
+			ch.mu.Lock()
+			defer ch.mu.Unlock()
+			ch.holeTimer = nil
+			ch.evaluate(true)
+		})
+	}
+}
+
+func (ch *channel) startRepair() {
+	conn := ch.s.connection()
+	if conn == nil {
+		return
+	}
+	from := ch.queued + 1
+	to := min(ch.head, ch.queued+uint64(conn.params.repairBatch))
+	ch.repairing = true
+	go ch.s.repair(conn, ch, ch.epoch, from, to)
+}
+
+// onRepairEnd is called when a repair stream ended, well or not.
+func (ch *channel) onRepairEnd(end *pb.RepairEnd, progressed bool) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	ch.repairing = false
+	if end != nil {
+		ch.head = max(ch.head, end.Head)
+		ch.skipExpired(end.FirstRetained)
+	}
+	// Page on at once while pages bring messages; otherwise wait a hole wait
+	// so a failing repair does not spin.
+	ch.evaluate(end != nil && progressed)
+}
+
+func (ch *channel) onDisconnect() {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	ch.live = false
+	if ch.holeTimer != nil {
+		ch.holeTimer.Stop()
+		ch.holeTimer = nil
+	}
+}
+
+func (ch *channel) enqueue(it item) {
+	ch.ready = append(ch.ready, it)
+	select {
+	case ch.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliver runs the handler, one item at a time, then saves the position
+// and schedules the acknowledgement.
+func (ch *channel) deliver() {
+	defer close(ch.done)
+	for {
+		select {
+		case <-ch.stop:
+			return
+		case <-ch.wake:
+		}
+		for {
+			ch.mu.Lock()
+			items := ch.ready
+			ch.ready = nil
+			ch.mu.Unlock()
+			if len(items) == 0 {
+				break
+			}
+			for _, it := range items {
+				select {
+				case <-ch.stop:
+					return
+				default:
+				}
+				if it.gap != nil {
+					if ch.onGap != nil {
+						ch.onGap(*it.gap)
+					}
+				} else {
+					ch.h(it.msg)
+				}
+				if it.save != nil {
+					if err := ch.s.c.cfg.State.Save(ch.name, *it.save); err != nil {
+						ch.s.c.log.Error("cannot save position", "channel", ch.name, "err", err)
+					}
+					ch.s.ack(ch.name, *it.save)
+				}
+			}
+		}
+	}
+}
+
+func (ch *channel) close() {
+	ch.mu.Lock()
+	if ch.closed {
+		ch.mu.Unlock()
+		return
+	}
+	ch.closed = true
+	if ch.holeTimer != nil {
+		ch.holeTimer.Stop()
+	}
+	ch.mu.Unlock()
+	close(ch.stop)
+	<-ch.done
+}

@@ -1,0 +1,366 @@
+package client
+
+import (
+	"context"
+	crand "crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// ErrClosed is returned by calls on a closed Client.
+var ErrClosed = fmt.Errorf("client: closed: %w", net.ErrClosed)
+
+// Config configures a Client. Zero values mean the documented defaults.
+type Config struct {
+	// TLSConfig: RootCAs (or InsecureSkipVerify for tests), ServerName.
+	// Nil means the system roots. The client sets NextProtos itself.
+	TLSConfig *tls.Config
+	// Token is sent in the hello; ClientID and DeviceID name this client in
+	// the server's logs. Zero DeviceID: a random one per Client.
+	Token    string
+	ClientID string
+	DeviceID string
+	// State persists handled positions. Nil: a MemoryStore.
+	State PositionStore
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// DialTimeout bounds one connection attempt. Zero: 5 s.
+	DialTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
+	// between reconnection attempts. Zero: 100 ms and 10 s.
+	ReconnectMin time.Duration
+	ReconnectMax time.Duration
+	// BufferLimit bounds the early arrivals kept per channel while a hole
+	// before them is repaired; later ones are dropped and repaired too.
+	// Zero: 10000.
+	BufferLimit int
+	// OnState, if set, is called on every connection state change.
+	OnState func(State)
+}
+
+// State is the client's connection state.
+type State int
+
+const (
+	Connecting State = iota
+	Connected
+	Closed
+)
+
+func (s State) String() string {
+	return [...]string{"connecting", "connected", "closed"}[s]
+}
+
+// Local limits on what the server may ask for in Welcome.
+var (
+	heartbeatLimits   = [2]time.Duration{time.Second, 2 * time.Minute}
+	holeWaitLimits    = [2]time.Duration{time.Millisecond, 5 * time.Second}
+	mergeWindowLimits = [2]time.Duration{0, time.Second}
+	ackDelayLimits    = [2]time.Duration{time.Millisecond, 5 * time.Second}
+	repairBatchLimits = [2]int{16, 10000}
+)
+
+// params are the server-given parameters, clamped to the local limits.
+type params struct {
+	heartbeat, holeWait, mergeWindow, ackDelay time.Duration
+	repairBatch                                int
+}
+
+func defaultParams() params {
+	return params{heartbeat: 15 * time.Second, holeWait: 50 * time.Millisecond, mergeWindow: 20 * time.Millisecond, ackDelay: 200 * time.Millisecond, repairBatch: 1000}
+}
+
+func clampDur(ms uint32, def time.Duration, lim [2]time.Duration) time.Duration {
+	if ms == 0 {
+		return def
+	}
+	return min(max(time.Duration(ms)*time.Millisecond, lim[0]), lim[1])
+}
+
+func paramsFrom(w *pb.Welcome) params {
+	d := defaultParams()
+	p := params{
+		heartbeat:   clampDur(w.HeartbeatMs, d.heartbeat, heartbeatLimits),
+		holeWait:    clampDur(w.HoleWaitMs, d.holeWait, holeWaitLimits),
+		mergeWindow: clampDur(w.MergeWindowMs, d.mergeWindow, mergeWindowLimits),
+		ackDelay:    clampDur(w.AckDelayMs, d.ackDelay, ackDelayLimits),
+		repairBatch: d.repairBatch,
+	}
+	if w.RepairBatch > 0 {
+		p.repairBatch = min(max(int(w.RepairBatch), repairBatchLimits[0]), repairBatchLimits[1])
+	}
+	return p
+}
+
+// Client is a quicpush client: one QUIC connection, re-established with
+// backoff whenever it breaks, carrying the control stream, one stream per
+// Session and short-lived repair streams. It is safe for concurrent use.
+type Client struct {
+	cfg  Config
+	addr net.Addr
+	log  *slog.Logger
+	tr   *quic.Transport
+	tls  *tls.Config
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	cur      *connection // nil while disconnected
+	ready    chan struct{}
+	sessions map[string]*Session
+	closed   bool
+}
+
+// Dial connects to the server at addr ("host:port") and returns once the
+// first connection is established, or with the error that prevented it.
+// After that the Client reconnects by itself until Close.
+func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
+	cfg = cfg.withDefaults()
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("client: resolve %s: %w", addr, err)
+	}
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return nil, fmt.Errorf("client: open UDP socket: %w", err)
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	t := cfg.TLSConfig.Clone()
+	t.NextProtos = []string{stream.ALPN}
+	if t.ServerName == "" {
+		t.ServerName = host
+	}
+	if t.ClientSessionCache == nil {
+		t.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		cfg: cfg, addr: raddr, log: cfg.Logger, tr: &quic.Transport{Conn: udp}, tls: t,
+		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{},
+	}
+	conn, err := c.connect(ctx)
+	if err != nil {
+		cancel()
+		c.tr.Close()
+		return nil, err
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.run(conn)
+	}()
+	return c, nil
+}
+
+func (cfg Config) withDefaults() Config {
+	if cfg.TLSConfig == nil {
+		cfg.TLSConfig = &tls.Config{}
+	}
+	if cfg.DeviceID == "" {
+		var b [8]byte
+		crand.Read(b[:])
+		cfg.DeviceID = hex.EncodeToString(b[:])
+	}
+	if cfg.State == nil {
+		cfg.State = NewMemoryStore()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.ReconnectMin <= 0 {
+		cfg.ReconnectMin = 100 * time.Millisecond
+	}
+	if cfg.ReconnectMax <= 0 {
+		cfg.ReconnectMax = 10 * time.Second
+	}
+	if cfg.BufferLimit <= 0 {
+		cfg.BufferLimit = 10000
+	}
+	return cfg
+}
+
+// run keeps the client connected: it waits for the connection to end, then
+// reconnects with jittered exponential backoff (or after the server's
+// GOAWAY hint) and resumes every session.
+func (c *Client) run(conn *connection) {
+	backoff := c.cfg.ReconnectMin
+	for {
+		c.attach(conn)
+		<-conn.done
+		c.detach(conn)
+		wait := backoff
+		if hint := conn.reconnectHint(); hint > 0 {
+			wait = hint
+		}
+		for {
+			// Full jitter: thousands of clients coming back at once spread out.
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(wait/2 + rand.N(wait/2+1)):
+			}
+			var err error
+			conn, err = c.connect(c.ctx)
+			if err == nil {
+				backoff = c.cfg.ReconnectMin
+				break
+			}
+			c.log.Warn("reconnect failed", "err", err, "retry_in", wait)
+			backoff = min(2*backoff, c.cfg.ReconnectMax)
+			wait = backoff
+		}
+	}
+}
+
+// attach makes conn current and resumes every session on it.
+func (c *Client) attach(conn *connection) {
+	c.mu.Lock()
+	c.cur = conn
+	sessions := make([]*Session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	close(c.ready)
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.resume(conn)
+	}
+	c.notify(Connected)
+}
+
+func (c *Client) detach(conn *connection) {
+	c.mu.Lock()
+	if c.cur == conn {
+		c.cur = nil
+		c.ready = make(chan struct{})
+	}
+	sessions := make([]*Session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	closed := c.closed
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.detach(conn)
+	}
+	if !closed {
+		c.notify(Connecting)
+	}
+}
+
+func (c *Client) notify(s State) {
+	if c.cfg.OnState != nil {
+		c.cfg.OnState(s)
+	}
+}
+
+// current returns the connection, waiting for one up to ctx.
+func (c *Client) current(ctx context.Context) (*connection, error) {
+	for {
+		c.mu.Lock()
+		conn, ready, closed := c.cur, c.ready, c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, ErrClosed
+		}
+		if conn != nil {
+			return conn, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Session returns the business session called name ("classroom", "chat"...),
+// opening its stream on first use. Every session has its own stream, so one
+// busy session never holds up another.
+func (c *Client) Session(name string) *Session {
+	c.mu.Lock()
+	s := c.sessions[name]
+	if s == nil {
+		s = newSession(c, name)
+		c.sessions[name] = s
+	}
+	conn := c.cur
+	c.mu.Unlock()
+	if conn != nil {
+		s.resume(conn)
+	}
+	return s
+}
+
+// Close closes the connection and stops reconnecting. Positions already
+// handled stay saved in the PositionStore; handlers are not interrupted.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conn := c.cur
+	sessions := make([]*Session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.flushAcks()
+	}
+	if conn != nil {
+		conn.close(stream.NoError, "client closed")
+	}
+	c.cancel()
+	c.wg.Wait()
+	for _, s := range sessions {
+		s.close()
+	}
+	c.notify(Closed)
+	return c.tr.Close()
+}
+
+// connect dials, sends the hello and waits for the welcome.
+func (c *Client) connect(ctx context.Context) (*connection, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	qc, err := c.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
+		HandshakeIdleTimeout: c.cfg.DialTimeout,
+		MaxIdleTimeout:       2 * heartbeatLimits[1],
+		MaxIncomingStreams:   -1, // the server opens no streams
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)
+	}
+	conn, err := newConnection(ctx, c, qc)
+	if err != nil {
+		qc.CloseWithError(0, "")
+		var pe *stream.Error
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("client: server %s refused the connection: %w", c.addr, err)
+		}
+		return nil, fmt.Errorf("client: hello to %s: %w", c.addr, err)
+	}
+	return conn, nil
+}

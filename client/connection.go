@@ -1,0 +1,155 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// connection is one QUIC connection and its control stream.
+type connection struct {
+	c       *Client
+	qc      *quic.Conn
+	params  params
+	user    string
+	control *stream.Sender
+
+	done      chan struct{} // closed when the connection has ended
+	closeOnce sync.Once
+	goAwayMs  atomic.Uint32
+	lastPong  atomic.Int64 // unix nanos
+}
+
+func newConnection(ctx context.Context, c *Client, qc *quic.Conn) (*connection, error) {
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.SetPriority(0, false)
+	conn := &connection{c: c, qc: qc, done: make(chan struct{})}
+	conn.control = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
+	err = conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{
+		Version: stream.Version, Minor: stream.MinorVersion, Token: c.cfg.Token, ClientId: c.cfg.ClientID, DeviceId: c.cfg.DeviceID,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	r := stream.NewReader(bufio.NewReader(st), 0)
+	type result struct {
+		f   *pb.Frame
+		err error
+	}
+	first := make(chan result, 1)
+	go func() {
+		f, err := r.ReadFrame()
+		first <- result{f, err}
+	}()
+	var res result
+	select {
+	case res = <-first:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if res.err != nil {
+		if code, ok := stream.CodeOf(res.err); ok {
+			var ae *quic.ApplicationError
+			msg := ""
+			if errors.As(res.err, &ae) {
+				msg = ae.ErrorMessage
+			}
+			return nil, &stream.Error{Remote: true, Code: code, Message: msg}
+		}
+		return nil, res.err
+	}
+	w := res.f.GetWelcome()
+	if w == nil {
+		return nil, stream.Errorf(stream.FrameUnexpected, "%s frame instead of welcome", stream.Name(res.f))
+	}
+	conn.params = paramsFrom(w)
+	conn.user = w.User
+	conn.lastPong.Store(time.Now().UnixNano())
+	go conn.readControl(r)
+	go conn.heartbeat()
+	go func() {
+		<-qc.Context().Done()
+		conn.closeOnce.Do(func() { close(conn.done) })
+	}()
+	return conn, nil
+}
+
+func (conn *connection) readControl(r *stream.Reader) {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			conn.close(stream.NoError, "")
+			return
+		}
+		switch b := f.Body.(type) {
+		case *pb.Frame_Pong:
+			conn.lastPong.Store(time.Now().UnixNano())
+		case *pb.Frame_GoAway:
+			conn.c.log.Info("server asked to reconnect", "code", stream.ErrCode(b.GoAway.Code), "after_ms", b.GoAway.ReconnectAfterMs, "msg", b.GoAway.Message)
+			conn.goAwayMs.Store(max(1, b.GoAway.ReconnectAfterMs))
+			conn.close(stream.NoError, "going away")
+			return
+		case *pb.Frame_Error:
+			conn.c.log.Warn("server error", "err", stream.FromFrame(b.Error))
+		default:
+			conn.close(stream.FrameUnexpected, stream.Name(f)+" frame on the control stream")
+			return
+		}
+	}
+}
+
+// heartbeat sends a Ping every interval; a connection with no Pong for two
+// intervals is stalled (a NAT rebinding, a dead path) and is replaced.
+// The padding makes the packet large enough for a restarted server to
+// answer with a stateless reset.
+func (conn *connection) heartbeat() {
+	every := conn.params.heartbeat
+	t := time.NewTicker(every)
+	defer t.Stop()
+	padding := make([]byte, 64)
+	for id := uint64(1); ; id++ {
+		select {
+		case <-conn.done:
+			return
+		case <-t.C:
+		}
+		if time.Since(time.Unix(0, conn.lastPong.Load())) > 2*every+every/2 {
+			conn.c.log.Warn("heartbeat timeout: reconnecting")
+			conn.close(stream.HeartbeatTimeout, "no pong")
+			return
+		}
+		if err := conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{Id: id, Padding: padding}}}); err != nil {
+			conn.close(stream.NoError, "")
+			return
+		}
+	}
+}
+
+func (conn *connection) reconnectHint() time.Duration {
+	return time.Duration(conn.goAwayMs.Load()) * time.Millisecond
+}
+
+func (conn *connection) close(code stream.ErrCode, msg string) {
+	conn.qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
+	conn.closeOnce.Do(func() { close(conn.done) })
+}
+
+func (conn *connection) alive() bool {
+	select {
+	case <-conn.done:
+		return false
+	default:
+		return true
+	}
+}

@@ -1,0 +1,59 @@
+package client
+
+import (
+	"time"
+
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// Message is one message handed to a Handler.
+type Message struct {
+	Channel string
+	Epoch   uint64
+	// Seq is the channel seq of a reliable message (1, 2, 3... in order,
+	// each once); 0 for a droppable one.
+	Seq uint64
+	// Droppable messages are not stored and may be shed; DroppableSeq is the
+	// channel's separate counter for them.
+	Droppable    bool
+	DroppableSeq uint64
+	Data         []byte
+	Time         time.Time // when the server stored (or took) it
+	From         string    // the publishing user
+	ID           string    // the publisher's client message id
+	Repaired     bool      // it came over a repair stream, not the live push
+}
+
+// Gap reports seqs of a channel that will never be handed over.
+type Gap struct {
+	Channel string
+	Epoch   uint64 // the epoch the lost seqs belong to
+	From    uint64
+	// To is the last lost seq; 0 when unknown (the channel was reset and
+	// the old history's end was never seen).
+	To     uint64
+	Reason string // GapExpired or GapReset
+}
+
+// Gap reasons.
+const (
+	// GapExpired: the messages were deleted by retention before this client
+	// could fetch them.
+	GapExpired = "expired"
+	// GapReset: the channel's history was lost (its epoch changed); the
+	// client goes on with the new epoch from its start.
+	GapReset = "reset"
+)
+
+// Handler handles one message. Messages of a channel are handed over one at
+// a time, reliable ones in seq order and each once; a message counts as
+// handled (its position saved, then acknowledged) when Handler returns.
+type Handler func(Message)
+
+func messageFrom(p *pb.Push, repaired bool) Message {
+	return Message{
+		Channel: p.Channel, Epoch: p.Epoch, Seq: p.Seq,
+		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
+		Data: p.Data, Time: time.Unix(0, p.TimeUnixNs), From: p.From, ID: p.Id, Repaired: repaired,
+	}
+}

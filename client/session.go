@@ -1,0 +1,396 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
+)
+
+// Session is one business session ("classroom", "chat"...): one stream on
+// the connection, carrying its subscriptions, their pushes, and publishes.
+type Session struct {
+	c    *Client
+	name string
+
+	mu       sync.Mutex
+	conn     *connection // the connection its stream is on; nil when none
+	send     *stream.Sender
+	channels map[string]*channel
+	nextReq  uint64
+	subWait  map[uint64]chan error
+	pubs     map[uint64]*pendingPublish
+	acks     map[string]Position
+	ackTimer *time.Timer
+}
+
+type pendingPublish struct {
+	frame *pb.Frame
+	done  chan struct{}
+	res   PublishResult
+	err   error
+}
+
+func newSession(c *Client, name string) *Session {
+	return &Session{
+		c: c, name: name, channels: map[string]*channel{},
+		subWait: map[uint64]chan error{}, pubs: map[uint64]*pendingPublish{}, acks: map[string]Position{},
+	}
+}
+
+func (s *Session) connection() *connection {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn
+}
+
+// resume opens the session's stream on conn and replays its state: a
+// subscribe per channel from its position, and every unacknowledged publish.
+func (s *Session) resume(conn *connection) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == conn || !conn.alive() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.c.ctx, s.c.cfg.DialTimeout)
+	defer cancel()
+	st, err := conn.qc.OpenStreamSync(ctx)
+	if err != nil {
+		conn.close(stream.NoError, "")
+		return
+	}
+	st.SetPriority(3, true)
+	s.conn = conn
+	s.send = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
+	frames := []*pb.Frame{{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: s.name}}}}
+	for _, ch := range s.channels {
+		s.nextReq++
+		frames = append(frames, ch.subscribeFrame(s.nextReq))
+	}
+	for _, id := range sortedKeys(s.pubs) {
+		frames = append(frames, s.pubs[id].frame)
+	}
+	if err := s.send.SendFrames(frames...); err != nil {
+		conn.close(stream.NoError, "")
+		return
+	}
+	go s.read(conn, stream.NewReader(bufio.NewReader(st), 0))
+}
+
+func (s *Session) detach(conn *connection) {
+	s.mu.Lock()
+	if s.conn != conn {
+		s.mu.Unlock()
+		return
+	}
+	s.conn, s.send = nil, nil
+	channels := s.channelList()
+	s.mu.Unlock()
+	for _, ch := range channels {
+		ch.onDisconnect()
+	}
+}
+
+func (s *Session) channelList() []*channel {
+	out := make([]*channel, 0, len(s.channels))
+	for _, ch := range s.channels {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// read handles the frames the server sends on the session stream.
+func (s *Session) read(conn *connection, r *stream.Reader) {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			var pe *stream.Error
+			if errors.As(err, &pe) {
+				conn.close(pe.Code, pe.Message)
+			}
+			return
+		}
+		switch b := f.Body.(type) {
+		case *pb.Frame_Push:
+			if ch := s.channel(b.Push.Channel); ch != nil {
+				ch.onPush(b.Push, false)
+			}
+		case *pb.Frame_Subscribed:
+			if ch := s.channel(b.Subscribed.Channel); ch != nil {
+				ch.onSubscribed(b.Subscribed)
+			}
+			s.answerSubscribe(b.Subscribed.RequestId, nil)
+		case *pb.Frame_PublishAck:
+			a := b.PublishAck
+			s.completePublish(a.RequestId, PublishResult{Channel: a.Channel, Epoch: a.Epoch, Seq: a.Seq, Duplicate: a.Duplicate}, nil)
+		case *pb.Frame_Error:
+			s.onError(conn, stream.FromFrame(b.Error), b.Error.RequestId)
+		default:
+			conn.close(stream.FrameUnexpected, stream.Name(f)+" frame on a session stream")
+			return
+		}
+	}
+}
+
+func (s *Session) channel(name string) *channel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.channels[name]
+}
+
+func (s *Session) onError(conn *connection, e *stream.Error, requestID uint64) {
+	s.mu.Lock()
+	_, isSub := s.subWait[requestID]
+	p := s.pubs[requestID]
+	s.mu.Unlock()
+	switch {
+	case isSub:
+		s.answerSubscribe(requestID, e)
+	case p != nil && (e.Code == stream.RateLimited || e.Code == stream.StoreUnavailable):
+		// Not stored: send it again after the server's hint.
+		wait := max(time.Duration(e.RetryAfterMs)*time.Millisecond, 50*time.Millisecond)
+		time.AfterFunc(wait, func() { s.resend(conn, requestID) })
+	case p != nil:
+		s.completePublish(requestID, PublishResult{}, e)
+	default:
+		s.c.log.Warn("server error", "session", s.name, "err", e)
+	}
+}
+
+// SubscribeOptions say where a subscription starts and how gaps are told.
+type SubscribeOptions struct {
+	// Since, if set and the PositionStore has no position for the channel,
+	// starts after this seq (the next message handed over is Since+1).
+	// Without either, the server decides: live from the head, or for the
+	// user's own channels ("user/<user>...") after the acknowledged cursor.
+	Since *uint64
+	// OnGap is told of seqs that will never be handed over; it runs on the
+	// channel's goroutine, in order with the handler.
+	OnGap func(Gap)
+}
+
+// Subscription is an active subscription.
+type Subscription struct {
+	s  *Session
+	ch *channel
+}
+
+// Subscribe subscribes to channel, calling h for each message. It returns
+// once the server has accepted the subscription (or at once while
+// disconnected: the subscription starts when the client reconnects).
+func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeOptions, h Handler) (*Subscription, error) {
+	if err := stream.ValidateChannel(channel); err != nil {
+		return nil, err
+	}
+	pos, saved, err := s.c.cfg.State.Load(channel)
+	if err != nil {
+		return nil, fmt.Errorf("client: load position of %s: %w", channel, err)
+	}
+	ch := newChannel(s, channel, h, opts.OnGap)
+	switch {
+	case saved:
+		ch.epoch, ch.queued, ch.havePos = pos.Epoch, pos.Seq, true
+	case opts.Since != nil:
+		ch.queued, ch.havePos = *opts.Since, true
+	}
+	s.mu.Lock()
+	if _, dup := s.channels[channel]; dup {
+		s.mu.Unlock()
+		ch.close()
+		return nil, fmt.Errorf("client: already subscribed to %s in session %s", channel, s.name)
+	}
+	s.channels[channel] = ch
+	var wait chan error
+	if s.send != nil {
+		s.nextReq++
+		wait = make(chan error, 1)
+		s.subWait[s.nextReq] = wait
+		if err := s.send.SendFrames(ch.subscribeFrame(s.nextReq)); err != nil {
+			delete(s.subWait, s.nextReq)
+			wait = nil
+		}
+	}
+	s.mu.Unlock()
+	sub := &Subscription{s: s, ch: ch}
+	if wait == nil {
+		return sub, nil
+	}
+	select {
+	case err := <-wait:
+		if err != nil {
+			sub.Close()
+			return nil, err
+		}
+		return sub, nil
+	case <-ctx.Done():
+		sub.Close()
+		return nil, ctx.Err()
+	}
+}
+
+func (s *Session) answerSubscribe(requestID uint64, err error) {
+	s.mu.Lock()
+	wait := s.subWait[requestID]
+	delete(s.subWait, requestID)
+	s.mu.Unlock()
+	if wait != nil {
+		wait <- err
+	}
+}
+
+// Close ends the subscription; messages not yet handled are not handed over.
+func (sub *Subscription) Close() {
+	s := sub.s
+	s.mu.Lock()
+	if s.channels[sub.ch.name] == sub.ch {
+		delete(s.channels, sub.ch.name)
+		if s.send != nil {
+			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: sub.ch.name}}})
+		}
+	}
+	s.mu.Unlock()
+	sub.ch.close()
+}
+
+// ack records a handled position; acks are cumulative and sent at most
+// once per ack delay per session.
+func (s *Session) ack(channel string, pos Position) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acks[channel] = pos
+	if s.ackTimer == nil && s.conn != nil {
+		s.ackTimer = time.AfterFunc(s.conn.params.ackDelay, s.flushAcks)
+	}
+}
+
+func (s *Session) flushAcks() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ackTimer = nil
+	if s.send == nil || len(s.acks) == 0 {
+		return
+	}
+	frames := make([]*pb.Frame, 0, len(s.acks))
+	for ch, pos := range s.acks {
+		frames = append(frames, &pb.Frame{Body: &pb.Frame_Ack{Ack: &pb.Ack{Channel: ch, Epoch: pos.Epoch, Seq: pos.Seq}}})
+	}
+	if s.send.SendFrames(frames...) == nil {
+		s.acks = map[string]Position{}
+	}
+}
+
+// PublishOptions qualify a publish.
+type PublishOptions struct {
+	// ID is the client message id. Publishing the same ID again to the same
+	// channel (a retry after a lost ack, a restarted app) stores nothing new
+	// and returns the original seq. Empty: a random one, so the Client's own
+	// retries across reconnects are safe.
+	ID string
+	// Droppable messages are not stored or numbered and may be shed.
+	Droppable bool
+}
+
+// PublishResult is the server's acknowledgement.
+type PublishResult struct {
+	Channel   string
+	Epoch     uint64
+	Seq       uint64 // 0 for a droppable message
+	ID        string
+	Duplicate bool // the ID was published before: Seq is the original's
+}
+
+// Publish publishes data to channel and waits until the server has stored
+// it durably (reliable) or taken it (droppable). It is retried across
+// reconnects until acknowledged or ctx ends; if ctx ends first the message
+// may or may not have been stored: publish it again with the same ID.
+func (s *Session) Publish(ctx context.Context, channel string, data []byte, opts PublishOptions) (PublishResult, error) {
+	if err := stream.ValidateChannel(channel); err != nil {
+		return PublishResult{}, err
+	}
+	if len(data) > stream.MaxMessageSize {
+		return PublishResult{}, stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(data), stream.MaxMessageSize)
+	}
+	id := opts.ID
+	if id == "" {
+		var b [12]byte
+		rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+	}
+	if err := stream.ValidateID(id); err != nil {
+		return PublishResult{}, err
+	}
+	class := pb.Class_CLASS_RELIABLE
+	if opts.Droppable {
+		class = pb.Class_CLASS_DROPPABLE
+	}
+	p := &pendingPublish{done: make(chan struct{})}
+	s.mu.Lock()
+	s.nextReq++
+	reqID := s.nextReq
+	p.frame = &pb.Frame{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: reqID, Channel: channel, Data: data, Class: class, Id: id}}}
+	s.pubs[reqID] = p
+	if s.send != nil {
+		s.send.SendFrames(p.frame) // on failure the connection ends and resume resends it
+	}
+	s.mu.Unlock()
+	select {
+	case <-p.done:
+		p.res.ID = id
+		return p.res, p.err
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.pubs, reqID)
+		s.mu.Unlock()
+		return PublishResult{}, ctx.Err()
+	case <-s.c.ctx.Done():
+		return PublishResult{}, ErrClosed
+	}
+}
+
+func (s *Session) resend(conn *connection, requestID uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.pubs[requestID]; p != nil && s.conn == conn && s.send != nil {
+		s.send.SendFrames(p.frame)
+	}
+}
+
+func (s *Session) completePublish(requestID uint64, res PublishResult, err error) {
+	s.mu.Lock()
+	p := s.pubs[requestID]
+	delete(s.pubs, requestID)
+	s.mu.Unlock()
+	if p != nil {
+		p.res, p.err = res, err
+		close(p.done)
+	}
+}
+
+func (s *Session) close() {
+	s.mu.Lock()
+	channels := s.channelList()
+	if s.ackTimer != nil {
+		s.ackTimer.Stop()
+	}
+	s.mu.Unlock()
+	for _, ch := range channels {
+		ch.close()
+	}
+}
+
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	keys := make([]uint64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
