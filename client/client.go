@@ -158,6 +158,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 		c.tr.Close()
 		return nil, err
 	}
+	c.attach(conn)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -202,7 +203,6 @@ func (cfg Config) withDefaults() Config {
 func (c *Client) run(conn *connection) {
 	backoff := c.cfg.ReconnectMin
 	for {
-		c.attach(conn)
 		<-conn.done
 		c.detach(conn)
 		wait := backoff
@@ -220,6 +220,7 @@ func (c *Client) run(conn *connection) {
 			conn, err = c.connect(c.ctx)
 			if err == nil {
 				backoff = c.cfg.ReconnectMin
+				c.attach(conn)
 				break
 			}
 			c.log.Warn("reconnect failed", "err", err, "retry_in", wait)
