@@ -213,7 +213,7 @@ func TestCloseWhileAppending(t *testing.T) {
 
 func TestOptions(t *testing.T) {
 	for name, o := range map[string]store.Options{
-		"batch over Badger's limit": {MaxBatchBytes: 12 << 20},
+		"batch over Badger's limit":   {MaxBatchBytes: 12 << 20},
 		"entries over Badger's limit": {MaxBatchEntries: 50000},
 		"message over batch":          {MaxMessageSize: 1 << 20, MaxBatchBytes: 1 << 20},
 		"negative size":               {MaxMessageSize: -1},
