@@ -355,6 +355,13 @@ func (c *Client) connect(ctx context.Context) (*connection, error) {
 		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)
 	}
 	conn, err := newConnection(ctx, c, qc)
+	if errors.Is(err, quic.Err0RTTRejected) {
+		// The server forgot our ticket (new keys): go on in 1-RTT, replaying
+		// the hello, which is all the early data held.
+		if qc, err = qc.NextConnection(ctx); err == nil {
+			conn, err = newConnection(ctx, c, qc)
+		}
+	}
 	if err != nil {
 		qc.CloseWithError(0, "")
 		var pe *stream.Error
