@@ -157,4 +157,3 @@ func Name(f *quicpushpb.Frame) string {
 func Unexpected(f *quicpushpb.Frame, where string) *Error {
 	return Errorf(FrameUnexpected, "%s frame not allowed %s", Name(f), where)
 }
-
