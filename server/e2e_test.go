@@ -52,7 +52,7 @@ func TestFanOutExactlyOnceInOrder(t *testing.T) {
 		for _, ch := range channels {
 			rec.waitCount(t, ch, n, 10*time.Second)
 			rec.requireExactly(t, ch, 1, n)
-			for i, m := range rec.msgs[ch] {
+			for i, m := range rec.messages(ch) {
 				require.Equal(t, fmt.Sprintf("%s %d", ch, i+1), string(m.Data))
 			}
 		}
@@ -97,7 +97,7 @@ func TestRepairDoesNotDelayLivePush(t *testing.T) {
 	require.Less(t, rec.count("room/backlog"), backlog, "the live push waited for the whole repair")
 	rec.waitCount(t, "room/backlog", backlog, 60*time.Second)
 	rec.requireExactly(t, "room/backlog", 1, backlog)
-	for _, m := range rec.msgs["room/backlog"] {
+	for _, m := range rec.messages("room/backlog") {
 		require.True(t, m.Repaired)
 	}
 }

@@ -112,6 +112,12 @@ func (r *recorder) get(channel string) []uint64 {
 	return append([]uint64(nil), r.seqs[channel]...)
 }
 
+func (r *recorder) messages(channel string) []client.Message {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]client.Message(nil), r.msgs[channel]...)
+}
+
 // waitCount polls until channel has n messages or the deadline passes.
 func (r *recorder) waitCount(t *testing.T, channel string, n int, within time.Duration) {
 	t.Helper()
