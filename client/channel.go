@@ -190,7 +190,8 @@ func (ch *channel) startRepair() {
 	from := ch.queued + 1
 	to := min(ch.head, ch.queued+uint64(conn.params.repairBatch))
 	ch.repairing = true
-	go ch.s.repair(conn, ch, ch.epoch, from, to)
+	epoch := ch.epoch
+	ch.s.c.goTracked(func() { ch.s.repair(conn, ch, epoch, from, to) })
 }
 
 // onRepairEnd is called when a repair stream ended, well or not.

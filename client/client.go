@@ -272,6 +272,15 @@ func (c *Client) notify(s State) {
 	}
 }
 
+// goTracked runs f on a goroutine that Close waits for.
+func (c *Client) goTracked(f func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
 // current returns the connection, waiting for one up to ctx.
 func (c *Client) current(ctx context.Context) (*connection, error) {
 	for {
@@ -334,10 +343,10 @@ func (c *Client) Close() error {
 		conn.close(stream.NoError, "client closed")
 	}
 	c.cancel()
-	c.wg.Wait()
 	for _, s := range sessions {
-		s.close()
+		s.close() // stops hole timers first, so no repair starts after Wait
 	}
+	c.wg.Wait()
 	c.notify(Closed)
 	return c.tr.Close()
 }

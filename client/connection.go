@@ -76,12 +76,12 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn) (*connection, 
 	conn.params = paramsFrom(w)
 	conn.user = w.User
 	conn.lastPong.Store(time.Now().UnixNano())
-	go conn.readControl(r)
-	go conn.heartbeat()
-	go func() {
+	c.goTracked(func() { conn.readControl(r) })
+	c.goTracked(conn.heartbeat)
+	c.goTracked(func() {
 		<-qc.Context().Done()
 		conn.closeOnce.Do(func() { close(conn.done) })
-	}()
+	})
 	return conn, nil
 }
 

@@ -82,7 +82,8 @@ func (s *Session) resume(conn *connection) {
 		conn.close(stream.NoError, "")
 		return
 	}
-	go s.read(conn, stream.NewReader(bufio.NewReader(st), 0))
+	r := stream.NewReader(bufio.NewReader(st), 0)
+	s.c.goTracked(func() { s.read(conn, r) })
 }
 
 func (s *Session) detach(conn *connection) {
