@@ -97,11 +97,15 @@ func (db *DB) Append(ctx context.Context, reqs []AppendRequest) ([]AppendResult,
 	if err != nil {
 		return nil, err
 	}
-	op := &appendOp{reqs: reqs, cost: cost, done: make(chan struct{})}
 	leave, err := db.enter()
 	if err != nil {
 		return nil, err
 	}
+	if len(reqs) == 0 {
+		leave()
+		return nil, nil
+	}
+	op := &appendOp{reqs: reqs, cost: cost, done: make(chan struct{})}
 	select {
 	case db.queue <- op:
 		leave()
