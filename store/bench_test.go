@@ -34,6 +34,7 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 			var ids atomic.Uint64
 			b.ReportAllocs()
 			b.SetParallelism(128) // appenders per GOMAXPROCS
+			b.ResetTimer()        // not the Open
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					id := ids.Add(1)
