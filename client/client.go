@@ -48,6 +48,9 @@ type Config struct {
 	BufferLimit int
 	// OnState, if set, is called on every connection state change.
 	OnState func(State)
+	// OnNetworkChange, if set, is called after every Migrate with how the
+	// connection moved.
+	OnNetworkChange func(NetworkChange)
 }
 
 // State is the client's connection state.
@@ -111,14 +114,16 @@ type Client struct {
 	cfg  Config
 	addr net.Addr
 	log  *slog.Logger
-	tr   *quic.Transport
 	tls  *tls.Config
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	stats counters
+
 	mu       sync.Mutex
+	net      *network    // where new connections are dialed from
 	cur      *connection // nil while disconnected
 	ready    chan struct{}
 	sessions map[string]*Session
@@ -134,9 +139,9 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: resolve %s: %w", addr, err)
 	}
-	udp, err := net.ListenUDP("udp", nil)
+	nw, err := openNetwork("")
 	if err != nil {
-		return nil, fmt.Errorf("client: open UDP socket: %w", err)
+		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(addr)
 	t := cfg.TLSConfig.Clone()
@@ -149,13 +154,13 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
-		cfg: cfg, addr: raddr, log: cfg.Logger, tr: &quic.Transport{Conn: udp}, tls: t,
+		cfg: cfg, addr: raddr, log: cfg.Logger, net: nw, tls: t,
 		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{},
 	}
 	conn, err := c.connect(ctx)
 	if err != nil {
 		cancel()
-		c.tr.Close()
+		nw.close()
 		return nil, err
 	}
 	c.attach(conn)
@@ -232,6 +237,10 @@ func (c *Client) run(conn *connection) {
 
 // attach makes conn current and resumes every session on it.
 func (c *Client) attach(conn *connection) {
+	c.stats.connects.Add(1)
+	if conn.qc.ConnectionState().Used0RTT {
+		c.stats.used0RTT.Add(1)
+	}
 	c.mu.Lock()
 	c.cur = conn
 	sessions := make([]*Session, 0, len(c.sessions))
@@ -251,6 +260,11 @@ func (c *Client) detach(conn *connection) {
 	if c.cur == conn {
 		c.cur = nil
 		c.ready = make(chan struct{})
+	}
+	for _, nw := range conn.nets {
+		if nw != c.net {
+			nw.close()
+		}
 	}
 	sessions := make([]*Session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -348,14 +362,20 @@ func (c *Client) Close() error {
 	}
 	c.wg.Wait()
 	c.notify(Closed)
-	return c.tr.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.net.close()
+	return nil
 }
 
 // connect dials, sends the hello and waits for the welcome.
 func (c *Client) connect(ctx context.Context) (*connection, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
+	c.mu.Lock()
+	nw := c.net
+	c.mu.Unlock()
+	qc, err := nw.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
 		HandshakeIdleTimeout: c.cfg.DialTimeout,
 		MaxIdleTimeout:       2 * heartbeatLimits[1],
 		MaxIncomingStreams:   -1, // the server opens no streams
@@ -363,12 +383,12 @@ func (c *Client) connect(ctx context.Context) (*connection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)
 	}
-	conn, err := newConnection(ctx, c, qc)
+	conn, err := newConnection(ctx, c, qc, nw)
 	if errors.Is(err, quic.Err0RTTRejected) {
 		// The server forgot our ticket (new keys): go on in 1-RTT, replaying
 		// the hello, which is all the early data held.
 		if qc, err = qc.NextConnection(ctx); err == nil {
-			conn, err = newConnection(ctx, c, qc)
+			conn, err = newConnection(ctx, c, qc, nw)
 		}
 	}
 	if err != nil {

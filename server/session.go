@@ -194,6 +194,13 @@ func (s *session) publish(p *pb.Publish) error {
 }
 
 func (s *session) publishLoop() error {
+	// 0-RTT data can be replayed by an attacker: store nothing before the
+	// handshake has confirmed the client.
+	select {
+	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.ctx.Done():
+		return nil
+	}
 	for {
 		s.pubMu.Lock()
 		batch := s.pubQueue

@@ -94,7 +94,7 @@ func TestBadFrames(t *testing.T) {
 }
 
 func TestErrCodesMirrorProto(t *testing.T) {
-	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced,
+	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced, PathLimit,
 		ProtocolViolation, FrameTooLarge, FrameUnknown, FrameUnexpected, FrameMalformed, VersionUnsupported, Unauthorized,
 		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported}
 	require.Len(t, codes, len(pb.ErrorCode_name))

@@ -138,6 +138,7 @@ const (
 	ErrorCode_HELLO_TIMEOUT       ErrorCode = 5
 	ErrorCode_STORE_UNAVAILABLE   ErrorCode = 6
 	ErrorCode_REPLACED            ErrorCode = 7
+	ErrorCode_PATH_LIMIT          ErrorCode = 8
 	ErrorCode_PROTOCOL_VIOLATION  ErrorCode = 256
 	ErrorCode_FRAME_TOO_LARGE     ErrorCode = 257
 	ErrorCode_FRAME_UNKNOWN       ErrorCode = 258
@@ -166,6 +167,7 @@ var (
 		5:   "HELLO_TIMEOUT",
 		6:   "STORE_UNAVAILABLE",
 		7:   "REPLACED",
+		8:   "PATH_LIMIT",
 		256: "PROTOCOL_VIOLATION",
 		257: "FRAME_TOO_LARGE",
 		258: "FRAME_UNKNOWN",
@@ -191,6 +193,7 @@ var (
 		"HELLO_TIMEOUT":       5,
 		"STORE_UNAVAILABLE":   6,
 		"REPLACED":            7,
+		"PATH_LIMIT":          8,
 		"PROTOCOL_VIOLATION":  256,
 		"FRAME_TOO_LARGE":     257,
 		"FRAME_UNKNOWN":       258,
@@ -764,9 +767,13 @@ func (x *Welcome) GetAckDelayMs() uint32 {
 // server answers with a Pong carrying the same id. padding keeps the packet
 // large enough to trigger a stateless reset from a restarted server.
 type Ping struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Padding       []byte                 `protobuf:"bytes,2,opt,name=padding,proto3" json:"padding,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Padding []byte                 `protobuf:"bytes,2,opt,name=padding,proto3" json:"padding,omitempty"`
+	// The client's own path switches (migrations) on this connection. The
+	// server adds what it sees itself (NAT rebindings) to decide when the
+	// connection has used up its path changes.
+	PathChanges   uint32 `protobuf:"varint,3,opt,name=path_changes,json=pathChanges,proto3" json:"path_changes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -813,6 +820,13 @@ func (x *Ping) GetPadding() []byte {
 		return x.Padding
 	}
 	return nil
+}
+
+func (x *Ping) GetPathChanges() uint32 {
+	if x != nil {
+		return x.PathChanges
+	}
+	return 0
 }
 
 type Pong struct {
@@ -1779,10 +1793,11 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0emax_frame_size\x18\n" +
 	" \x01(\rR\fmaxFrameSize\x12 \n" +
 	"\fack_delay_ms\x18\v \x01(\rR\n" +
-	"ackDelayMs\"0\n" +
+	"ackDelayMs\"S\n" +
 	"\x04Ping\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
-	"\apadding\x18\x02 \x01(\fR\apadding\"\x16\n" +
+	"\apadding\x18\x02 \x01(\fR\apadding\x12!\n" +
+	"\fpath_changes\x18\x03 \x01(\rR\vpathChanges\"\x16\n" +
 	"\x04Pong\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"|\n" +
 	"\x06GoAway\x12*\n" +
@@ -1863,7 +1878,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\vSTART_AFTER\x10\x01*0\n" +
 	"\x05Class\x12\x12\n" +
 	"\x0eCLASS_RELIABLE\x10\x00\x12\x13\n" +
-	"\x0fCLASS_DROPPABLE\x10\x01*\xd3\x03\n" +
+	"\x0fCLASS_DROPPABLE\x10\x01*\xe3\x03\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x11\n" +
@@ -1872,7 +1887,9 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x11HEARTBEAT_TIMEOUT\x10\x04\x12\x11\n" +
 	"\rHELLO_TIMEOUT\x10\x05\x12\x15\n" +
 	"\x11STORE_UNAVAILABLE\x10\x06\x12\f\n" +
-	"\bREPLACED\x10\a\x12\x17\n" +
+	"\bREPLACED\x10\a\x12\x0e\n" +
+	"\n" +
+	"PATH_LIMIT\x10\b\x12\x17\n" +
 	"\x12PROTOCOL_VIOLATION\x10\x80\x02\x12\x14\n" +
 	"\x0fFRAME_TOO_LARGE\x10\x81\x02\x12\x12\n" +
 	"\rFRAME_UNKNOWN\x10\x82\x02\x12\x15\n" +
