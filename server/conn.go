@@ -124,6 +124,9 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if err != nil {
 		return nil, stream.Errorf(stream.Unauthorized, "%v", err)
 	}
+	if reply.User == "" || len(reply.User) > stream.MaxIDLen {
+		return nil, stream.Errorf(stream.Unauthorized, "user name must be 1 to %d bytes (in dev mode the token is the user name)", stream.MaxIDLen)
+	}
 	c.user = reply.User
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	control := stream.NewSender(st, c.budget, c.onSendError)
@@ -194,7 +197,12 @@ func (c *conn) acceptStreams() {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			c.fail(c.serveStream(st))
+			if err := c.serveStream(st); isStreamError(err) {
+				// The client reset this stream: it ends alone.
+				st.CancelWrite(quic.StreamErrorCode(stream.NoError))
+			} else {
+				c.fail(err)
+			}
 		}()
 	}
 }
@@ -213,7 +221,12 @@ func (c *conn) serveStream(st *quic.Stream) error {
 	case *pb.Frame_SessionOpen:
 		sess := c.openSession(st, b.SessionOpen.Name)
 		defer c.closeSession(sess)
-		return sess.run(r)
+		err := sess.run(r)
+		if err == io.EOF {
+			sess.send.Close() // the client ended the session: so do we
+			return nil
+		}
+		return err
 	case *pb.Frame_RepairRequest:
 		return c.serveRepair(st, b.RepairRequest)
 	default:
@@ -279,6 +292,11 @@ func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
 }
 
 func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
+func isStreamError(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se)
+}
 
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
