@@ -22,6 +22,11 @@ import (
 // ErrClosed is returned by calls on a closed Client.
 var ErrClosed = fmt.Errorf("client: closed: %w", net.ErrClosed)
 
+// ErrNotSent is returned by a droppable Publish whose connection broke
+// before the server acknowledged it: droppable messages are never sent
+// twice, so it may or may not have gone out.
+var ErrNotSent = errors.New("client: droppable message not acknowledged before the connection broke")
+
 // Config configures a Client. Zero values mean the documented defaults.
 type Config struct {
 	// TLSConfig: RootCAs (or InsecureSkipVerify for tests), ServerName.
@@ -123,6 +128,7 @@ type Client struct {
 	stats counters
 
 	mu       sync.Mutex
+	err      error       // why the client stopped, when the server refused it
 	net      *network    // where new connections are dialed from
 	cur      *connection // nil while disconnected
 	ready    chan struct{}
@@ -202,20 +208,36 @@ func (cfg Config) withDefaults() Config {
 	return cfg
 }
 
+// stableAfter is how long a connection must last for the backoff to start
+// again from ReconnectMin: a server that accepts and at once drops clients
+// must not get them back in a tight loop.
+const stableAfter = 10 * time.Second
+
 // run keeps the client connected: it waits for the connection to end, then
 // reconnects with jittered exponential backoff (or after the server's
-// GOAWAY hint) and resumes every session.
+// GOAWAY hint) and resumes every session. It stops for good when the server
+// refuses the client with a terminal code (an invalid token, a protocol
+// version it does not speak).
 func (c *Client) run(conn *connection) {
 	backoff := c.cfg.ReconnectMin
 	for {
+		began := time.Now()
 		<-conn.done
 		c.detach(conn)
+		if err := conn.terminalError(); err != nil {
+			c.stop(err)
+			return
+		}
+		if time.Since(began) >= stableAfter {
+			backoff = c.cfg.ReconnectMin
+		}
 		wait := backoff
 		if hint := conn.reconnectHint(); hint > 0 {
 			wait = hint
 		}
 		for {
-			// Full jitter: thousands of clients coming back at once spread out.
+			// Jitter between half and all of the wait: thousands of clients
+			// coming back at once spread out, and none comes back too early.
 			select {
 			case <-c.ctx.Done():
 				return
@@ -223,16 +245,45 @@ func (c *Client) run(conn *connection) {
 			}
 			var err error
 			conn, err = c.connect(c.ctx)
+			backoff = min(2*backoff, c.cfg.ReconnectMax)
 			if err == nil {
-				backoff = c.cfg.ReconnectMin
 				c.attach(conn)
 				break
 			}
-			c.log.Warn("reconnect failed", "err", err, "retry_in", wait)
-			backoff = min(2*backoff, c.cfg.ReconnectMax)
+			if code, ok := stream.CodeOf(err); ok && code.Terminal() {
+				c.stop(err)
+				return
+			}
+			c.log.Warn("reconnect failed", "err", err, "retry_in", backoff)
 			wait = backoff
 		}
 	}
+}
+
+// stop ends the client after a terminal refusal: every waiting call
+// returns err (see Err).
+func (c *Client) stop(err error) {
+	c.log.Error("the server refused this client: not reconnecting", "err", err)
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+	c.cancel()
+	c.notify(Closed)
+}
+
+// Err returns why the client stopped on its own (a terminal refusal by the
+// server), or nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *Client) closedErr() error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	return ErrClosed
 }
 
 // attach makes conn current and resumes every session on it.
@@ -312,7 +363,7 @@ func (c *Client) current(ctx context.Context) (*connection, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-c.ctx.Done():
-			return nil, ErrClosed
+			return nil, c.closedErr()
 		}
 	}
 }

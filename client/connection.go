@@ -145,6 +145,17 @@ func (conn *connection) heartbeat() {
 	}
 }
 
+// terminalError returns the server's reason for closing the connection
+// when it says reconnecting cannot help.
+func (conn *connection) terminalError() error {
+	err := context.Cause(conn.qc.Context())
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && stream.ErrCode(ae.ErrorCode).Terminal() {
+		return &stream.Error{Remote: true, Code: stream.ErrCode(ae.ErrorCode), Message: ae.ErrorMessage}
+	}
+	return nil
+}
+
 func (conn *connection) reconnectHint() time.Duration {
 	return time.Duration(conn.goAwayMs.Load()) * time.Millisecond
 }

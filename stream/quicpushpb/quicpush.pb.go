@@ -874,8 +874,8 @@ func (x *Pong) GetId() uint64 {
 }
 
 // GoAway: the server is going away (shutdown, or this connection should
-// move). The client reconnects after reconnect_after_ms plus jitter and
-// resumes; the server closes the connection once it has drained.
+// move). The client closes the connection and reconnects after about
+// reconnect_after_ms (jittered between half and all of it) and resumes.
 type GoAway struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Code             ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=quicpush.v1.ErrorCode" json:"code,omitempty"`
@@ -1612,6 +1612,7 @@ type RepairEnd struct {
 	Next          uint64                 `protobuf:"varint,1,opt,name=next,proto3" json:"next,omitempty"`                                        // the first seq not sent
 	FirstRetained uint64                 `protobuf:"varint,2,opt,name=first_retained,json=firstRetained,proto3" json:"first_retained,omitempty"` // > from when part of the range has expired
 	Head          uint64                 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`                                        // the channel's last seq
+	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`                                      // the channel's epoch the pushes belong to
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1663,6 +1664,13 @@ func (x *RepairEnd) GetFirstRetained() uint64 {
 func (x *RepairEnd) GetHead() uint64 {
 	if x != nil {
 		return x.Head
+	}
+	return 0
+}
+
+func (x *RepairEnd) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
 	}
 	return 0
 }
@@ -1861,11 +1869,12 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04from\x18\x03 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x04 \x01(\x04R\x02to\x12\x14\n" +
-	"\x05limit\x18\x05 \x01(\rR\x05limit\"Z\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\"p\n" +
 	"\tRepairEnd\x12\x12\n" +
 	"\x04next\x18\x01 \x01(\x04R\x04next\x12%\n" +
 	"\x0efirst_retained\x18\x02 \x01(\x04R\rfirstRetained\x12\x12\n" +
-	"\x04head\x18\x03 \x01(\x04R\x04head\"\xac\x01\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xac\x01\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.quicpush.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
