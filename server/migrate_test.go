@@ -78,6 +78,7 @@ func TestServerAsksToReconnectAfterTwoPathChanges(t *testing.T) {
 	require.Equal(t, uint64(2), sub.Stats().Migrations)
 	require.Eventually(t, func() bool { return sub.Stats().Connects == 2 }, 10*time.Second, 10*time.Millisecond,
 		"the client did not reconnect after its second path change")
+	require.Equal(t, uint64(1), sub.Stats().Used0RTT, "the reconnect did not resume with 0-RTT")
 
 	pub := dial(t, ts, client.Config{})
 	for k := 0; k < 10; k++ {
