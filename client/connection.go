@@ -34,6 +34,18 @@ type connection struct {
 }
 
 func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (*connection, error) {
+	// Streams are opened only once the handshake is complete: in quic-go
+	// v0.64.1 opening one while a 0-RTT handshake is still running races
+	// with the handshake (quic-go issue #4303). The session is still
+	// resumed (no certificate round trip), but the hello waits for the
+	// handshake instead of riding in the first flight.
+	select {
+	case <-qc.HandshakeComplete():
+	case <-qc.Context().Done():
+		return nil, context.Cause(qc.Context())
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err

@@ -37,7 +37,12 @@ type conn struct {
 	budget *stream.Budget
 
 	user    string
+	hello   HelloEvent
 	control atomic.Pointer[stream.Sender] // set once the hello is done
+
+	authMu  sync.Mutex
+	claims  any
+	expires *time.Timer // closes the connection when the token expires
 
 	remote        string // the client's address as last seen
 	pathChanges   int    // how often it changed (NAT rebinding, migration)
@@ -65,6 +70,7 @@ func newConn(s *Server, qc *quic.Conn) *conn {
 func (c *conn) serve() {
 	defer func() {
 		c.closeWith(stream.NoError, "")
+		c.setAuth(HelloReply{}) // stops the expiry timer
 		c.cancel()
 		c.wg.Wait()
 		c.mu.Lock()
@@ -120,14 +126,13 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if hello.Version != stream.Version {
 		return nil, stream.Errorf(stream.VersionUnsupported, "protocol version %d not supported, this server speaks %d", hello.Version, stream.Version)
 	}
-	reply, err := c.s.cfg.Authenticate(ctx, HelloEvent{Token: hello.Token, ClientID: hello.ClientId, DeviceID: hello.DeviceId, RemoteAddr: c.qc.RemoteAddr()})
+	c.hello = HelloEvent{Token: hello.Token, ClientID: hello.ClientId, DeviceID: hello.DeviceId, RemoteAddr: c.qc.RemoteAddr()}
+	reply, err := c.authenticate(ctx, c.hello)
 	if err != nil {
-		return nil, stream.Errorf(stream.Unauthorized, "%v", err)
-	}
-	if reply.User == "" || len(reply.User) > stream.MaxIDLen {
-		return nil, stream.Errorf(stream.Unauthorized, "user name must be 1 to %d bytes (in dev mode the token is the user name)", stream.MaxIDLen)
+		return nil, err
 	}
 	c.user = reply.User
+	c.setAuth(reply)
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	control := stream.NewSender(st, c.budget, c.onSendError)
 	c.control.Store(control)
@@ -136,6 +141,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 		Version: stream.Version, Minor: stream.MinorVersion, ConnectionId: c.id, User: c.user,
 		HeartbeatMs: ms(cfg.Heartbeat), HoleWaitMs: ms(cfg.HoleWait), MergeWindowMs: ms(cfg.MergeWindow),
 		RepairBatch: uint32(cfg.RepairBatch), MaxFrameSize: stream.MaxFrameSize, AckDelayMs: ms(cfg.AckDelay),
+		TokenExpiresUnixMs: unixMs(reply.ExpiresAt),
 	}}})
 	if err != nil {
 		return nil, err
@@ -152,6 +158,10 @@ func (c *conn) controlLoop(r *stream.Reader) error {
 			return err
 		}
 		switch b := f.Body.(type) {
+		case *pb.Frame_Refresh:
+			if err := c.refresh(b.Refresh.Token); err != nil {
+				return err
+			}
 		case *pb.Frame_Ping:
 			c.checkPath(int(b.Ping.PathChanges))
 			if err := c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}}); err != nil {
@@ -161,6 +171,77 @@ func (c *conn) controlLoop(r *stream.Reader) error {
 			return stream.Unexpected(f, "on the control stream")
 		}
 	}
+}
+
+// authenticate runs Config.Authenticate and checks its answer.
+func (c *conn) authenticate(ctx context.Context, ev HelloEvent) (HelloReply, error) {
+	reply, err := c.s.cfg.Authenticate(ctx, ev)
+	if err != nil {
+		return reply, stream.Errorf(stream.Unauthorized, "%v", err)
+	}
+	if reply.User == "" || len(reply.User) > stream.MaxIDLen {
+		return reply, stream.Errorf(stream.Unauthorized, "user name must be 1 to %d bytes (in dev mode the token is the user name)", stream.MaxIDLen)
+	}
+	if !reply.ExpiresAt.IsZero() && !time.Now().Before(reply.ExpiresAt) {
+		return reply, stream.Errorf(stream.Unauthorized, "token expired at %s", reply.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return reply, nil
+}
+
+// setAuth keeps the claims and arms the expiry of the token.
+func (c *conn) setAuth(reply HelloReply) {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	c.claims = reply.Claims
+	if c.expires != nil {
+		c.expires.Stop()
+		c.expires = nil
+	}
+	if !reply.ExpiresAt.IsZero() {
+		c.expires = time.AfterFunc(time.Until(reply.ExpiresAt), func() {
+			c.log.Info("token expired: closing")
+			c.closeWith(stream.Unauthorized, "token expired: connect again with a new token")
+		})
+	}
+}
+
+// refresh replaces the connection's token. A refused token is answered
+// with an Error and changes nothing: the old one holds until it expires.
+func (c *conn) refresh(token string) error {
+	ev := c.hello
+	ev.Token, ev.Refresh = token, true
+	reply, err := c.authenticate(c.ctx, ev)
+	if err == nil && reply.User != c.user {
+		err = stream.Errorf(stream.Unauthorized, "the new token is for user %q, this connection is %q's", reply.User, c.user)
+	}
+	control := c.control.Load()
+	if err != nil {
+		return control.SendFrames(err.(*stream.Error).Frame())
+	}
+	c.setAuth(reply)
+	return control.SendFrames(&pb.Frame{Body: &pb.Frame_Refreshed{Refreshed: &pb.Refreshed{TokenExpiresUnixMs: unixMs(reply.ExpiresAt)}}})
+}
+
+// authorize asks Config.Authorize; nil when allowed.
+func (c *conn) authorize(action Action, channel string, droppable bool) *stream.Error {
+	if c.s.cfg.Authorize == nil {
+		return nil
+	}
+	c.authMu.Lock()
+	claims := c.claims
+	c.authMu.Unlock()
+	err := c.s.cfg.Authorize(c.ctx, AuthorizeEvent{User: c.user, Claims: claims, Action: action, Channel: channel, Droppable: droppable})
+	if err != nil {
+		return stream.Errorf(stream.Forbidden, "%s %s: %v", action, channel, err)
+	}
+	return nil
+}
+
+func unixMs(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
 }
 
 // maxPathChanges is how many times a connection may change its path:

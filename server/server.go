@@ -27,9 +27,13 @@ type Config struct {
 	TLSConfig *tls.Config
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// Authenticate decides who a Hello is from. Nil means dev mode: every
-	// client is accepted, its user being its token ("anonymous" if empty).
+	// Authenticate decides who a Hello (or a token Refresh) is from. Nil
+	// means dev mode: every client is accepted, its user being its token
+	// ("anonymous" if empty).
 	Authenticate func(ctx context.Context, ev HelloEvent) (HelloReply, error)
+	// Authorize decides whether a user may subscribe or publish to a
+	// channel; an error refuses with FORBIDDEN and its text. Nil: allowed.
+	Authorize func(ctx context.Context, ev AuthorizeEvent) error
 
 	// Heartbeat is the Ping interval told to clients. Zero: 15 s, short
 	// enough to keep a phone's NAT mapping alive (often 30 s for UDP).
@@ -60,19 +64,6 @@ type Config struct {
 	// restarted server resets old connections at once and accepts 0-RTT.
 	StatelessResetKey *quic.StatelessResetKey
 	TokenGeneratorKey *quic.TokenGeneratorKey
-}
-
-// HelloEvent is what Authenticate gets.
-type HelloEvent struct {
-	Token      string
-	ClientID   string
-	DeviceID   string
-	RemoteAddr net.Addr
-}
-
-// HelloReply is what Authenticate returns for an accepted client.
-type HelloReply struct {
-	User string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -113,13 +104,6 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("server: IdleTimeout %v must be at least 2x Heartbeat %v", c.IdleTimeout, c.Heartbeat)
 	}
 	return c, nil
-}
-
-func devAuthenticate(_ context.Context, ev HelloEvent) (HelloReply, error) {
-	if ev.Token == "" {
-		return HelloReply{User: "anonymous"}, nil
-	}
-	return HelloReply{User: ev.Token}, nil
 }
 
 // Server serves quicpush over QUIC.

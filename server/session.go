@@ -86,6 +86,10 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 	if dup {
 		return s.replyError(stream.Errorf(stream.BadRequest, "already subscribed to %s on this session", req.Channel), req.RequestId, req.Channel)
 	}
+	if e := s.c.authorize(ActionSubscribe, req.Channel, false); e != nil {
+		s.forget(req.Channel)
+		return s.replyError(e, req.RequestId, req.Channel)
+	}
 	ctx := s.c.ctx
 	storeErr := func(err error) error {
 		s.forget(req.Channel)
@@ -188,6 +192,9 @@ func (s *session) publish(p *pb.Publish) error {
 	}
 	if len(p.Data) > stream.MaxMessageSize {
 		return s.replyError(stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(p.Data), stream.MaxMessageSize), p.RequestId, p.Channel)
+	}
+	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
+		return s.replyError(e, p.RequestId, p.Channel)
 	}
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})

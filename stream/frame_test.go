@@ -22,6 +22,8 @@ func sampleFrames() []*pb.Frame {
 		{Body: &pb.Frame_Ping{Ping: &pb.Ping{Id: 7, Padding: make([]byte, 48)}}},
 		{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: 7}}},
 		{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{Code: pb.ErrorCode_SHUTTING_DOWN, ReconnectAfterMs: 100, Message: "bye"}}},
+		{Body: &pb.Frame_Refresh{Refresh: &pb.Refresh{Token: "new"}}},
+		{Body: &pb.Frame_Refreshed{Refreshed: &pb.Refreshed{TokenExpiresUnixMs: 1700000000000}}},
 		{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: "classroom"}}},
 		{Body: &pb.Frame_Subscribe{Subscribe: &pb.Subscribe{RequestId: 1, Channel: "room/a", Start: pb.Start_START_AFTER, Epoch: 9, After: 4}}},
 		{Body: &pb.Frame_Subscribed{Subscribed: &pb.Subscribed{RequestId: 1, Channel: "room/a", Epoch: 9, Head: 10, FirstRetained: 1, StartAfter: 4, Reset_: true}}},

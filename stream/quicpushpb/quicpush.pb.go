@@ -251,6 +251,8 @@ type Frame struct {
 	//	*Frame_Ping
 	//	*Frame_Pong
 	//	*Frame_GoAway
+	//	*Frame_Refresh
+	//	*Frame_Refreshed
 	//	*Frame_SessionOpen
 	//	*Frame_Subscribe
 	//	*Frame_Subscribed
@@ -344,6 +346,24 @@ func (x *Frame) GetGoAway() *GoAway {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_GoAway); ok {
 			return x.GoAway
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetRefresh() *Refresh {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Refresh); ok {
+			return x.Refresh
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetRefreshed() *Refreshed {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Refreshed); ok {
+			return x.Refreshed
 		}
 	}
 	return nil
@@ -473,6 +493,14 @@ type Frame_GoAway struct {
 	GoAway *GoAway `protobuf:"bytes,5,opt,name=go_away,json=goAway,proto3,oneof"`
 }
 
+type Frame_Refresh struct {
+	Refresh *Refresh `protobuf:"bytes,6,opt,name=refresh,proto3,oneof"`
+}
+
+type Frame_Refreshed struct {
+	Refreshed *Refreshed `protobuf:"bytes,7,opt,name=refreshed,proto3,oneof"`
+}
+
 type Frame_SessionOpen struct {
 	// session streams
 	SessionOpen *SessionOpen `protobuf:"bytes,10,opt,name=session_open,json=sessionOpen,proto3,oneof"`
@@ -529,6 +557,10 @@ func (*Frame_Ping) isFrame_Body() {}
 func (*Frame_Pong) isFrame_Body() {}
 
 func (*Frame_GoAway) isFrame_Body() {}
+
+func (*Frame_Refresh) isFrame_Body() {}
+
+func (*Frame_Refreshed) isFrame_Body() {}
 
 func (*Frame_SessionOpen) isFrame_Body() {}
 
@@ -652,8 +684,11 @@ type Welcome struct {
 	RepairBatch   uint32                 `protobuf:"varint,9,opt,name=repair_batch,json=repairBatch,proto3" json:"repair_batch,omitempty"`         // messages per repair request (max)
 	MaxFrameSize  uint32                 `protobuf:"varint,10,opt,name=max_frame_size,json=maxFrameSize,proto3" json:"max_frame_size,omitempty"`   // the largest frame the server accepts
 	AckDelayMs    uint32                 `protobuf:"varint,11,opt,name=ack_delay_ms,json=ackDelayMs,proto3" json:"ack_delay_ms,omitempty"`         // how long the client may hold an ack back
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// When the token expires (Unix ms; 0: never). The server closes the
+	// connection with UNAUTHORIZED then, unless the client sent a Refresh.
+	TokenExpiresUnixMs int64 `protobuf:"varint,12,opt,name=token_expires_unix_ms,json=tokenExpiresUnixMs,proto3" json:"token_expires_unix_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -763,6 +798,105 @@ func (x *Welcome) GetAckDelayMs() uint32 {
 	return 0
 }
 
+func (x *Welcome) GetTokenExpiresUnixMs() int64 {
+	if x != nil {
+		return x.TokenExpiresUnixMs
+	}
+	return 0
+}
+
+// Refresh hands the server a new token for the same user (client to
+// server, control stream), before the current one expires.
+type Refresh struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Refresh) Reset() {
+	*x = Refresh{}
+	mi := &file_quicpush_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refresh) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refresh) ProtoMessage() {}
+
+func (x *Refresh) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refresh.ProtoReflect.Descriptor instead.
+func (*Refresh) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Refresh) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// Refreshed accepts a Refresh. A refused one gets an Error (UNAUTHORIZED)
+// and the connection goes on until the old token expires.
+type Refreshed struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	TokenExpiresUnixMs int64                  `protobuf:"varint,1,opt,name=token_expires_unix_ms,json=tokenExpiresUnixMs,proto3" json:"token_expires_unix_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Refreshed) Reset() {
+	*x = Refreshed{}
+	mi := &file_quicpush_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refreshed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refreshed) ProtoMessage() {}
+
+func (x *Refreshed) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refreshed.ProtoReflect.Descriptor instead.
+func (*Refreshed) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Refreshed) GetTokenExpiresUnixMs() int64 {
+	if x != nil {
+		return x.TokenExpiresUnixMs
+	}
+	return 0
+}
+
 // Ping is sent by the client every heartbeat_ms on the control stream; the
 // server answers with a Pong carrying the same id. padding keeps the packet
 // large enough to trigger a stateless reset from a restarted server.
@@ -780,7 +914,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_quicpush_proto_msgTypes[3]
+	mi := &file_quicpush_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +926,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[3]
+	mi := &file_quicpush_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +939,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{3}
+	return file_quicpush_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -838,7 +972,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_quicpush_proto_msgTypes[4]
+	mi := &file_quicpush_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +984,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[4]
+	mi := &file_quicpush_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +997,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{4}
+	return file_quicpush_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Pong) GetId() uint64 {
@@ -887,7 +1021,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_quicpush_proto_msgTypes[5]
+	mi := &file_quicpush_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1033,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[5]
+	mi := &file_quicpush_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1046,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{5}
+	return file_quicpush_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GoAway) GetCode() ErrorCode {
@@ -946,7 +1080,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_quicpush_proto_msgTypes[6]
+	mi := &file_quicpush_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1092,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[6]
+	mi := &file_quicpush_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1105,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{6}
+	return file_quicpush_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SessionOpen) GetName() string {
@@ -994,7 +1128,7 @@ type Subscribe struct {
 
 func (x *Subscribe) Reset() {
 	*x = Subscribe{}
-	mi := &file_quicpush_proto_msgTypes[7]
+	mi := &file_quicpush_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1140,7 @@ func (x *Subscribe) String() string {
 func (*Subscribe) ProtoMessage() {}
 
 func (x *Subscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[7]
+	mi := &file_quicpush_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1153,7 @@ func (x *Subscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscribe.ProtoReflect.Descriptor instead.
 func (*Subscribe) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{7}
+	return file_quicpush_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Subscribe) GetRequestId() uint64 {
@@ -1078,7 +1212,7 @@ type Subscribed struct {
 
 func (x *Subscribed) Reset() {
 	*x = Subscribed{}
-	mi := &file_quicpush_proto_msgTypes[8]
+	mi := &file_quicpush_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1224,7 @@ func (x *Subscribed) String() string {
 func (*Subscribed) ProtoMessage() {}
 
 func (x *Subscribed) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[8]
+	mi := &file_quicpush_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1237,7 @@ func (x *Subscribed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscribed.ProtoReflect.Descriptor instead.
 func (*Subscribed) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{8}
+	return file_quicpush_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Subscribed) GetRequestId() uint64 {
@@ -1164,7 +1298,7 @@ type Unsubscribe struct {
 
 func (x *Unsubscribe) Reset() {
 	*x = Unsubscribe{}
-	mi := &file_quicpush_proto_msgTypes[9]
+	mi := &file_quicpush_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1310,7 @@ func (x *Unsubscribe) String() string {
 func (*Unsubscribe) ProtoMessage() {}
 
 func (x *Unsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[9]
+	mi := &file_quicpush_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1323,7 @@ func (x *Unsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unsubscribe.ProtoReflect.Descriptor instead.
 func (*Unsubscribe) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{9}
+	return file_quicpush_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Unsubscribe) GetChannel() string {
@@ -1219,7 +1353,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_quicpush_proto_msgTypes[10]
+	mi := &file_quicpush_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1365,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[10]
+	mi := &file_quicpush_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1378,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{10}
+	return file_quicpush_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Push) GetChannel() string {
@@ -1322,7 +1456,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_quicpush_proto_msgTypes[11]
+	mi := &file_quicpush_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1468,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[11]
+	mi := &file_quicpush_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1481,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{11}
+	return file_quicpush_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetChannel() string {
@@ -1386,7 +1520,7 @@ type Publish struct {
 
 func (x *Publish) Reset() {
 	*x = Publish{}
-	mi := &file_quicpush_proto_msgTypes[12]
+	mi := &file_quicpush_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1532,7 @@ func (x *Publish) String() string {
 func (*Publish) ProtoMessage() {}
 
 func (x *Publish) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[12]
+	mi := &file_quicpush_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1545,7 @@ func (x *Publish) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Publish.ProtoReflect.Descriptor instead.
 func (*Publish) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{12}
+	return file_quicpush_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Publish) GetRequestId() uint64 {
@@ -1462,7 +1596,7 @@ type PublishAck struct {
 
 func (x *PublishAck) Reset() {
 	*x = PublishAck{}
-	mi := &file_quicpush_proto_msgTypes[13]
+	mi := &file_quicpush_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1608,7 @@ func (x *PublishAck) String() string {
 func (*PublishAck) ProtoMessage() {}
 
 func (x *PublishAck) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[13]
+	mi := &file_quicpush_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1621,7 @@ func (x *PublishAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishAck.ProtoReflect.Descriptor instead.
 func (*PublishAck) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{13}
+	return file_quicpush_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PublishAck) GetRequestId() uint64 {
@@ -1542,7 +1676,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_quicpush_proto_msgTypes[14]
+	mi := &file_quicpush_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1688,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[14]
+	mi := &file_quicpush_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1701,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{14}
+	return file_quicpush_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RepairRequest) GetChannel() string {
@@ -1619,7 +1753,7 @@ type RepairEnd struct {
 
 func (x *RepairEnd) Reset() {
 	*x = RepairEnd{}
-	mi := &file_quicpush_proto_msgTypes[15]
+	mi := &file_quicpush_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1765,7 @@ func (x *RepairEnd) String() string {
 func (*RepairEnd) ProtoMessage() {}
 
 func (x *RepairEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[15]
+	mi := &file_quicpush_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1778,7 @@ func (x *RepairEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairEnd.ProtoReflect.Descriptor instead.
 func (*RepairEnd) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{15}
+	return file_quicpush_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RepairEnd) GetNext() uint64 {
@@ -1689,7 +1823,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1835,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1848,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{16}
+	return file_quicpush_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1756,13 +1890,15 @@ var File_quicpush_proto protoreflect.FileDescriptor
 
 const file_quicpush_proto_rawDesc = "" +
 	"\n" +
-	"\x0equicpush.proto\x12\vquicpush.v1\"\xc6\x06\n" +
+	"\x0equicpush.proto\x12\vquicpush.v1\"\xb0\a\n" +
 	"\x05Frame\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.quicpush.v1.HelloH\x00R\x05hello\x120\n" +
 	"\awelcome\x18\x02 \x01(\v2\x14.quicpush.v1.WelcomeH\x00R\awelcome\x12'\n" +
 	"\x04ping\x18\x03 \x01(\v2\x11.quicpush.v1.PingH\x00R\x04ping\x12'\n" +
 	"\x04pong\x18\x04 \x01(\v2\x11.quicpush.v1.PongH\x00R\x04pong\x12.\n" +
-	"\ago_away\x18\x05 \x01(\v2\x13.quicpush.v1.GoAwayH\x00R\x06goAway\x12=\n" +
+	"\ago_away\x18\x05 \x01(\v2\x13.quicpush.v1.GoAwayH\x00R\x06goAway\x120\n" +
+	"\arefresh\x18\x06 \x01(\v2\x14.quicpush.v1.RefreshH\x00R\arefresh\x126\n" +
+	"\trefreshed\x18\a \x01(\v2\x16.quicpush.v1.RefreshedH\x00R\trefreshed\x12=\n" +
 	"\fsession_open\x18\n" +
 	" \x01(\v2\x18.quicpush.v1.SessionOpenH\x00R\vsessionOpen\x126\n" +
 	"\tsubscribe\x18\v \x01(\v2\x16.quicpush.v1.SubscribeH\x00R\tsubscribe\x129\n" +
@@ -1786,7 +1922,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\bfeatures\x18\x03 \x01(\x04R\bfeatures\x12\x14\n" +
 	"\x05token\x18\x04 \x01(\tR\x05token\x12\x1b\n" +
 	"\tclient_id\x18\x05 \x01(\tR\bclientId\x12\x1b\n" +
-	"\tdevice_id\x18\x06 \x01(\tR\bdeviceId\"\xe6\x02\n" +
+	"\tdevice_id\x18\x06 \x01(\tR\bdeviceId\"\x99\x03\n" +
 	"\aWelcome\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05minor\x18\x02 \x01(\rR\x05minor\x12\x1a\n" +
@@ -1801,7 +1937,12 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0emax_frame_size\x18\n" +
 	" \x01(\rR\fmaxFrameSize\x12 \n" +
 	"\fack_delay_ms\x18\v \x01(\rR\n" +
-	"ackDelayMs\"S\n" +
+	"ackDelayMs\x121\n" +
+	"\x15token_expires_unix_ms\x18\f \x01(\x03R\x12tokenExpiresUnixMs\"\x1f\n" +
+	"\aRefresh\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\">\n" +
+	"\tRefreshed\x121\n" +
+	"\x15token_expires_unix_ms\x18\x01 \x01(\x03R\x12tokenExpiresUnixMs\"S\n" +
 	"\x04Ping\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\apadding\x18\x02 \x01(\fR\apadding\x12!\n" +
@@ -1928,7 +2069,7 @@ func file_quicpush_proto_rawDescGZIP() []byte {
 }
 
 var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_quicpush_proto_goTypes = []any{
 	(Start)(0),            // 0: quicpush.v1.Start
 	(Class)(0),            // 1: quicpush.v1.Class
@@ -1936,48 +2077,52 @@ var file_quicpush_proto_goTypes = []any{
 	(*Frame)(nil),         // 3: quicpush.v1.Frame
 	(*Hello)(nil),         // 4: quicpush.v1.Hello
 	(*Welcome)(nil),       // 5: quicpush.v1.Welcome
-	(*Ping)(nil),          // 6: quicpush.v1.Ping
-	(*Pong)(nil),          // 7: quicpush.v1.Pong
-	(*GoAway)(nil),        // 8: quicpush.v1.GoAway
-	(*SessionOpen)(nil),   // 9: quicpush.v1.SessionOpen
-	(*Subscribe)(nil),     // 10: quicpush.v1.Subscribe
-	(*Subscribed)(nil),    // 11: quicpush.v1.Subscribed
-	(*Unsubscribe)(nil),   // 12: quicpush.v1.Unsubscribe
-	(*Push)(nil),          // 13: quicpush.v1.Push
-	(*Ack)(nil),           // 14: quicpush.v1.Ack
-	(*Publish)(nil),       // 15: quicpush.v1.Publish
-	(*PublishAck)(nil),    // 16: quicpush.v1.PublishAck
-	(*RepairRequest)(nil), // 17: quicpush.v1.RepairRequest
-	(*RepairEnd)(nil),     // 18: quicpush.v1.RepairEnd
-	(*Error)(nil),         // 19: quicpush.v1.Error
+	(*Refresh)(nil),       // 6: quicpush.v1.Refresh
+	(*Refreshed)(nil),     // 7: quicpush.v1.Refreshed
+	(*Ping)(nil),          // 8: quicpush.v1.Ping
+	(*Pong)(nil),          // 9: quicpush.v1.Pong
+	(*GoAway)(nil),        // 10: quicpush.v1.GoAway
+	(*SessionOpen)(nil),   // 11: quicpush.v1.SessionOpen
+	(*Subscribe)(nil),     // 12: quicpush.v1.Subscribe
+	(*Subscribed)(nil),    // 13: quicpush.v1.Subscribed
+	(*Unsubscribe)(nil),   // 14: quicpush.v1.Unsubscribe
+	(*Push)(nil),          // 15: quicpush.v1.Push
+	(*Ack)(nil),           // 16: quicpush.v1.Ack
+	(*Publish)(nil),       // 17: quicpush.v1.Publish
+	(*PublishAck)(nil),    // 18: quicpush.v1.PublishAck
+	(*RepairRequest)(nil), // 19: quicpush.v1.RepairRequest
+	(*RepairEnd)(nil),     // 20: quicpush.v1.RepairEnd
+	(*Error)(nil),         // 21: quicpush.v1.Error
 }
 var file_quicpush_proto_depIdxs = []int32{
 	4,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
 	5,  // 1: quicpush.v1.Frame.welcome:type_name -> quicpush.v1.Welcome
-	6,  // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
-	7,  // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
-	8,  // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
-	9,  // 5: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
-	10, // 6: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
-	11, // 7: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
-	12, // 8: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
-	13, // 9: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
-	14, // 10: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
-	15, // 11: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
-	16, // 12: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
-	17, // 13: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
-	18, // 14: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
-	19, // 15: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
-	2,  // 16: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
-	0,  // 17: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
-	1,  // 18: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
-	1,  // 19: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
-	2,  // 20: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	8,  // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
+	9,  // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
+	10, // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
+	6,  // 5: quicpush.v1.Frame.refresh:type_name -> quicpush.v1.Refresh
+	7,  // 6: quicpush.v1.Frame.refreshed:type_name -> quicpush.v1.Refreshed
+	11, // 7: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
+	12, // 8: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
+	13, // 9: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
+	14, // 10: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
+	15, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
+	16, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
+	17, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
+	18, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
+	19, // 15: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
+	20, // 16: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
+	21, // 17: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
+	2,  // 18: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
+	0,  // 19: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
+	1,  // 20: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
+	1,  // 21: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
+	2,  // 22: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_quicpush_proto_init() }
@@ -1991,6 +2136,8 @@ func file_quicpush_proto_init() {
 		(*Frame_Ping)(nil),
 		(*Frame_Pong)(nil),
 		(*Frame_GoAway)(nil),
+		(*Frame_Refresh)(nil),
+		(*Frame_Refreshed)(nil),
 		(*Frame_SessionOpen)(nil),
 		(*Frame_Subscribe)(nil),
 		(*Frame_Subscribed)(nil),
@@ -2009,7 +2156,7 @@ func file_quicpush_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quicpush_proto_rawDesc), len(file_quicpush_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
