@@ -3,8 +3,10 @@ module github.com/quicpush/quicpush
 go 1.26.0
 
 require (
+	github.com/alecthomas/kong v1.17.0
 	github.com/quic-go/quic-go v0.64.1
 	github.com/stretchr/testify v1.12.1
+	golang.org/x/time v0.16.0
 	google.golang.org/protobuf v1.36.12
 )
 
