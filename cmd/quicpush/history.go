@@ -11,9 +11,9 @@ import (
 
 type historyCmd struct {
 	Channel string        `arg:"" help:"Channel to read, e.g. room/demo."`
-	From    uint64        `default:"1" env:"QUICPUSH_HISTORY_FROM" placeholder:"SEQ" help:"First seq to print."`
+	From    uint64        `default:"1" env:"QUICPUSH_HISTORY_FROM" placeholder:"SEQ" help:"First seq to print (default: ${default})."`
 	To      uint64        `env:"QUICPUSH_HISTORY_TO" placeholder:"SEQ" help:"Last seq to print (0: up to the head)."`
-	Timeout time.Duration `default:"30s" env:"QUICPUSH_HISTORY_TIMEOUT" placeholder:"D" help:"Give up after D and exit 1."`
+	Timeout time.Duration `default:"30s" env:"QUICPUSH_HISTORY_TIMEOUT" placeholder:"D" help:"Give up after D and exit 1 (default: ${default})."`
 }
 
 // Help explains the output, below the flags of "quicpush history --help".
@@ -24,8 +24,11 @@ stored message, in seq order, with "repaired": true.`
 }
 
 func (c *historyCmd) Validate() error {
+	if c.Channel == "" {
+		return nil // kong reports the missing argument
+	}
 	if err := stream.ValidateChannel(c.Channel); err != nil {
-		return err
+		return plain(err)
 	}
 	if c.To != 0 && c.To < c.From {
 		return fmt.Errorf("--to %d is before --from %d", c.To, c.From)

@@ -45,7 +45,7 @@ const (
 // means two things (QUICPUSH_DATA is quicpushd's data directory, not pub's
 // message text).
 type globals struct {
-	Server   string `default:"127.0.0.1:4433" env:"QUICPUSH_SERVER" placeholder:"HOST:PORT" help:"The quicpushd to talk to (UDP)."`
+	Server   string `default:"127.0.0.1:4433" env:"QUICPUSH_SERVER" placeholder:"HOST:PORT" help:"The quicpushd to talk to (UDP) (default: ${default})."`
 	CA       string `name:"ca" env:"QUICPUSH_CA" placeholder:"FILE" help:"Trust the CA in this PEM file (quicpushd's dev CA is DATA/certs/ca.pem); default: the system roots."`
 	Token    string `env:"QUICPUSH_TOKEN" help:"Token sent in the hello; a dev server takes it as the user name."`
 	Insecure bool   `env:"QUICPUSH_INSECURE" help:"Do not verify the server's certificate (development only)."`
@@ -114,6 +114,16 @@ func commandPath(kctx *kong.Context) string {
 		return kctx.Selected().FullPath()
 	}
 	return "quicpush"
+}
+
+// plain drops the protocol wrapping ("quicpush: local error BAD_REQUEST:")
+// from the error of a local check, for a usage message.
+func plain(err error) error {
+	var pe *stream.Error
+	if errors.As(err, &pe) {
+		return errors.New(pe.Message)
+	}
+	return err
 }
 
 // usageError is a bad argument found after parsing: exit status 2.

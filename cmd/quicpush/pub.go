@@ -16,8 +16,8 @@ import (
 
 type pubCmd struct {
 	Channel string        `arg:"" help:"Channel to publish to, e.g. room/demo."`
-	Data    string        `default:"message {n}" env:"QUICPUSH_PUB_DATA" placeholder:"TEXT" help:"Message text; {n} is replaced by the message's number (1..N)."`
-	Count   int           `default:"1" env:"QUICPUSH_PUB_COUNT" placeholder:"N" help:"Number of messages."`
+	Data    string        `default:"message {n}" env:"QUICPUSH_PUB_DATA" placeholder:"TEXT" help:"Message text; {n} is replaced by the message's number (1..N) (default: ${default})."`
+	Count   int           `default:"1" env:"QUICPUSH_PUB_COUNT" placeholder:"N" help:"Number of messages (default: ${default})."`
 	Rate    float64       `env:"QUICPUSH_PUB_RATE" placeholder:"R" help:"Messages per second (0: as fast as the server acknowledges)."`
 	Class   string        `default:"reliable" enum:"reliable,droppable" env:"QUICPUSH_PUB_CLASS" help:"reliable (stored, numbered, never lost) or droppable (not stored, may be shed)."`
 	ID      string        `name:"id" env:"QUICPUSH_PUB_ID" placeholder:"PREFIX" help:"Message n gets the client message id PREFIX-n, so running the same command again after a failure publishes nothing twice."`
@@ -35,8 +35,11 @@ published before and seq is the original one).`
 }
 
 func (c *pubCmd) Validate() error {
+	if c.Channel == "" {
+		return nil // kong reports the missing argument
+	}
 	if err := stream.ValidateChannel(c.Channel); err != nil {
-		return err
+		return plain(err)
 	}
 	if c.Count < 1 {
 		return errors.New("--count must be at least 1")
@@ -46,7 +49,7 @@ func (c *pubCmd) Validate() error {
 	}
 	if c.ID != "" {
 		if err := stream.ValidateID(c.messageID(c.Count)); err != nil {
-			return fmt.Errorf("--id %q: %v", c.ID, err)
+			return fmt.Errorf("--id: %v", plain(err))
 		}
 	}
 	if n := len(c.data(c.Count)); n > stream.MaxMessageSize {

@@ -17,12 +17,12 @@ import (
 )
 
 type subCmd struct {
-	Channels []string       `arg:"" name:"channel" help:"Channels to subscribe to. SESSION:CHANNEL puts a channel on its own business session (e.g. classroom:room/math-101 chat:user/alice), so several sessions share one connection; a channel whose name holds ':' must be given with its session."`
-	Session  string         `default:"default" env:"QUICPUSH_SUB_SESSION" help:"Session of the channels given without one."`
-	Since    *uint64        `env:"QUICPUSH_SUB_SINCE" placeholder:"SEQ" help:"Start after this seq (0: from the first) when --state has no position for the channel; default: live from the head (a user's own channels user/NAME: after its acknowledged cursor)."`
-	Count    int            `env:"QUICPUSH_SUB_COUNT" placeholder:"N" help:"Exit 0 once N messages (over all channels; gaps do not count) were printed; default: run until interrupted."`
-	Timeout  time.Duration  `env:"QUICPUSH_SUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 30s): with --count, exit 1 unless all N arrived; without, stop and exit 0."`
-	State    string         `type:"path" env:"QUICPUSH_SUB_STATE" placeholder:"FILE" help:"Persist handled positions in FILE (crash-safe), so that a restarted sub goes on right after them."`
+	Channels []string      `arg:"" name:"channel" help:"Channels to subscribe to. SESSION:CHANNEL puts a channel on its own business session (e.g. classroom:room/math-101 chat:user/alice), so several sessions share one connection; a channel whose name holds ':' must be given with its session."`
+	Session  string        `default:"default" env:"QUICPUSH_SUB_SESSION" help:"Session of the channels given without one."`
+	Since    *uint64       `env:"QUICPUSH_SUB_SINCE" placeholder:"SEQ" help:"Start after this seq (0: from the first) when --state has no position for the channel; default: live from the head (a user's own channels user/NAME: after its acknowledged cursor)."`
+	Count    int           `env:"QUICPUSH_SUB_COUNT" placeholder:"N" help:"Exit 0 once N messages (over all channels; gaps do not count) were printed; default: run until interrupted."`
+	Timeout  time.Duration `env:"QUICPUSH_SUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 30s): with --count, exit 1 unless all N arrived; without, stop and exit 0."`
+	State    string        `type:"path" env:"QUICPUSH_SUB_STATE" placeholder:"FILE" help:"Persist handled positions in FILE (crash-safe), so that a restarted sub goes on right after them."`
 	parsed   []subscription
 }
 
@@ -53,7 +53,7 @@ func (c *subCmd) Validate() error {
 			return fmt.Errorf("%q: empty session name", arg)
 		}
 		if err := stream.ValidateChannel(sub.channel); err != nil {
-			return fmt.Errorf("%q: %v", arg, err)
+			return plain(err)
 		}
 		if seen[sub] {
 			return fmt.Errorf("channel %s given twice on session %s", sub.channel, sub.session)
