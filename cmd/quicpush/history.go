@@ -36,8 +36,8 @@ func (c *historyCmd) Validate() error {
 	return nil
 }
 
-func (c *historyCmd) Run(e *env) error {
-	ctx, cancel := withTimeout(e.ctx, c.Timeout)
+func (c *historyCmd) Run(ctx context.Context, e *env) error {
+	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
 	cl, err := e.dial(ctx, nil, c.Timeout)
 	if err != nil {

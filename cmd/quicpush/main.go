@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -59,9 +58,15 @@ type cli struct {
 	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
 }
 
-// env is what a command runs with.
+func (c *cli) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Server); err != nil {
+		return fmt.Errorf("--server %q is not HOST:PORT: %v", c.Server, err)
+	}
+	return nil
+}
+
+// env is what a command runs with, besides its context.
 type env struct {
-	ctx    context.Context
 	stdout io.Writer
 	log    *slog.Logger
 	g      globals
@@ -88,30 +93,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode
 	}
 	if err != nil {
-		var pe *kong.ParseError
-		errors.As(err, &pe)
-		fmt.Fprintf(stderr, "quicpush: error: %v (see %s --help)\n", err, commandPath(pe.Context))
+		fmt.Fprintf(stderr, "quicpush: error: %v (see %s --help)\n", err, commandPath(err))
 		return exitUsage
 	}
-	e := &env{ctx: ctx, stdout: stdout, log: newLogger(stderr, c.LogLevel), g: c.globals}
-	err = kctx.Run(e)
-	var ue usageError
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "quicpush: error: %v (see %s --help)\n", err, commandPath(kctx))
-		return exitUsage
-	default:
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	if err := kctx.Run(&env{stdout: stdout, log: newLogger(stderr, c.LogLevel), g: c.globals}); err != nil {
 		fmt.Fprintf(stderr, "quicpush: error: %v\n", err)
 		return exitFailure
 	}
+	return exitOK
 }
 
 // commandPath names the command whose flags were wrong, for the --help hint.
-func commandPath(kctx *kong.Context) string {
-	if kctx != nil && kctx.Selected() != nil {
-		return kctx.Selected().FullPath()
+func commandPath(err error) string {
+	var pe *kong.ParseError
+	if errors.As(err, &pe) && pe.Context != nil && pe.Context.Selected() != nil {
+		return pe.Context.Selected().FullPath()
 	}
 	return "quicpush"
 }
@@ -126,13 +123,6 @@ func plain(err error) error {
 	return err
 }
 
-// usageError is a bad argument found after parsing: exit status 2.
-type usageError struct{ error }
-
-func usagef(format string, args ...any) error {
-	return usageError{fmt.Errorf(format, args...)}
-}
-
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	l.UnmarshalText([]byte(level)) // kong's enum has checked it
@@ -142,10 +132,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // dial connects to the server, giving up after timeout (zero: the SDK's
 // 5 s), and turns the usual failures into advice.
 func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time.Duration) (*client.Client, error) {
-	host, _, err := net.SplitHostPort(e.g.Server)
-	if err != nil {
-		return nil, usagef("--server %q is not HOST:PORT: %v", e.g.Server, err)
-	}
+	host, _, _ := net.SplitHostPort(e.g.Server) // checked by Validate
 	if host == "" {
 		host = "localhost"
 	}
@@ -182,15 +169,17 @@ func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time
 func (e *env) explain(err error, timeout time.Duration) error {
 	var (
 		certErr     *tls.CertificateVerificationError
-		authority   x509.UnknownAuthorityError
-		hostname    x509.HostnameError
 		protoErr    *stream.Error
 		idleErr     *quic.IdleTimeoutError
 		handshakeTO *quic.HandshakeTimeoutError
 	)
 	switch {
-	case errors.As(err, &certErr), errors.As(err, &authority), errors.As(err, &hostname):
-		return fmt.Errorf("the certificate of %s is not trusted: %w — pass the CA that signed it, e.g. --ca ./data/certs/ca.pem for quicpushd's dev certificate", e.g.Server, err)
+	case errors.As(err, &certErr):
+		advice := "pass the CA that signed it with --ca (quicpushd's dev CA: --ca ./data/certs/ca.pem)"
+		if e.g.CA != "" {
+			advice = fmt.Sprintf("--ca %s is not the CA that signed it (quicpushd's dev CA is DATA/certs/ca.pem, e.g. --ca ./data/certs/ca.pem)", e.g.CA)
+		}
+		return fmt.Errorf("the certificate of %s is not trusted (%v) — %s", e.g.Server, certErr.Err, advice)
 	case errors.As(err, &protoErr):
 		return fmt.Errorf("%s refused the connection: %s: %s", e.g.Server, protoErr.Code, protoErr.Message)
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &idleErr), errors.As(err, &handshakeTO):

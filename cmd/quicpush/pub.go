@@ -79,8 +79,8 @@ type pubLine struct {
 	Duplicate bool   `json:"duplicate"`
 }
 
-func (c *pubCmd) Run(e *env) error {
-	ctx, cancel := withTimeout(e.ctx, c.Timeout)
+func (c *pubCmd) Run(ctx context.Context, e *env) error {
+	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
 	cl, err := e.dial(ctx, nil, c.Timeout)
 	if err != nil {

@@ -71,8 +71,8 @@ func (c *subCmd) Validate() error {
 	return nil
 }
 
-func (c *subCmd) Run(e *env) error {
-	ctx, cancel := withTimeout(e.ctx, c.Timeout)
+func (c *subCmd) Run(ctx context.Context, e *env) error {
+	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
 	var state client.PositionStore
 	if c.State != "" {
@@ -86,7 +86,7 @@ func (c *subCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	// Close flushes the acknowledgements of what was handled.
+	// Close sends the acknowledgements of what was handled.
 	defer cl.Close()
 
 	p := &printer{w: e.stdout, limit: c.Count, done: make(chan struct{})}
@@ -102,10 +102,14 @@ func (c *subCmd) Run(e *env) error {
 		return p.err
 	case <-ctx.Done():
 	}
-	if c.Count > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	switch {
+	case c.Count == 0:
+		return nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("timed out: %d of %d messages arrived within %v", p.printed(), c.Count, c.Timeout)
+	default:
+		return fmt.Errorf("interrupted: %d of %d messages arrived", p.printed(), c.Count)
 	}
-	return nil
 }
 
 func subscribeError(s subscription, err error) error {

@@ -72,13 +72,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error(err.Error())
 		return exitFailure
 	}
+	log.Info("stopped")
 	return exitOK
 }
 
 // serve wires the server together, serves until a signal, and shuts down.
-func serve(ctx context.Context, f flags, log *slog.Logger) error {
+func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	// The admin server comes first, so /readyz says 503 while the store
 	// opens (replaying Badger's log can take a while).
@@ -99,8 +103,8 @@ func serve(ctx context.Context, f flags, log *slog.Logger) error {
 		return fmt.Errorf("cannot open the store in %s: %w (is another quicpushd using --data %s?)", f.Data, err, f.Data)
 	}
 	defer func() {
-		if err := db.Close(); err != nil {
-			log.Error("closing the store", "err", err)
+		if cerr := db.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the store: %w", cerr)
 		}
 	}()
 
@@ -141,9 +145,6 @@ func serve(ctx context.Context, f flags, log *slog.Logger) error {
 	ready.Store(true)
 	log.Info("quicpushd listening", "addr", addr.String(), "admin", adminLn.Addr().String(), "data", f.Data)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
@@ -160,7 +161,6 @@ func serve(ctx context.Context, f flags, log *slog.Logger) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("clients still connected were disconnected", "err", err)
 	}
-	log.Info("stopped")
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -240,13 +241,17 @@ func TestStartFailures(t *testing.T) {
 	}
 }
 
-// TestConfigFileAndEnvironment starts quicpushd from a config file whose
-// admin address the environment overrides, then stops it by its context.
+// TestConfigFileAndEnvironment starts quicpushd from a config file (with
+// its own certificate) whose admin address the environment overrides,
+// reloads the certificate on SIGHUP, then stops it by its context.
 func TestConfigFileAndEnvironment(t *testing.T) {
 	dir := t.TempDir()
+	cert, err := certs.EnsureDev(t.TempDir(), nil)
+	require.NoError(t, err)
 	listen, admin := freeUDP(t), freeTCP(t)
-	config := filepath.Join(dir, "quicpushd.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf("listen: %q\nadmin: 127.0.0.1:1\ndata: %q\nlog-format: json\n", listen, dir)), 0o600))
+	config := filepath.Join(dir, "quicpushd.json")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`{"listen": %q, "admin": "127.0.0.1:1", "data": %q, "cert": %q, "key": %q, "log-format": "json"}`,
+		listen, dir, cert.Cert, cert.Key)), 0o600))
 	t.Setenv("QUICPUSH_ADMIN", admin)
 	t.Setenv("QUICPUSH_CONFIG", config)
 
@@ -255,10 +260,16 @@ func TestConfigFileAndEnvironment(t *testing.T) {
 	p := runDaemon(ctx)
 	waitReady(t, admin, p.exited, p.stderr)
 	require.Contains(t, p.stderr.String(), fmt.Sprintf(`"msg":"quicpushd listening","addr":%q`, listen))
+	require.NotContains(t, p.stderr.String(), "dev certificate")
 	resp, err := http.Get("http://" + admin + "/healthz")
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP)) // quicpushd handles it while it runs
+	require.Eventually(t, func() bool {
+		return strings.Contains(p.stderr.String(), `"msg":"SIGHUP: certificate reloaded"`)
+	}, 10*time.Second, 5*time.Millisecond, "%s", p.stderr)
 
 	cancel()
 	require.Equal(t, 0, p.wait(t), p.stderr.String())
