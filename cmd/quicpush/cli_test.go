@@ -392,6 +392,14 @@ func TestUntrustedCertificate(t *testing.T) {
 	}
 }
 
+func TestSubRefused(t *testing.T) {
+	ts := startMemServer(t)
+	requireOK(t, ts.quicpush(t, "pub", "room/a"))
+	r := ts.quicpush(t, "sub", "room/a", "--since", "100", "--timeout", "5s")
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, "the server refused the subscription to room/a: INVALID_RANGE: position 100 is beyond the head 1")
+}
+
 func TestRefused(t *testing.T) {
 	ts := startServer(t, memstore.New(memstore.Options{}), func(context.Context, server.HelloEvent) (server.HelloReply, error) {
 		return server.HelloReply{}, errors.New("token expired")
