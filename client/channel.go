@@ -15,22 +15,24 @@ import (
 // Every field below mu is guarded by it; the handler runs on the channel's
 // own goroutine, never under mu.
 type channel struct {
-	s     *Session
-	name  string
-	h     Handler
-	onGap func(Gap)
+	s       *Session
+	name    string
+	h       Handler
+	onGap   func(Gap)
+	onError func(error)
 
-	mu        sync.Mutex
-	epoch     uint64
-	queued    uint64 // highest seq queued for the handler, or skipped by a gap
-	head      uint64 // highest seq known to exist
-	havePos   bool   // queued is a real position (saved, or given by Since)
-	buf       map[uint64]Message
-	live      bool // Subscribed arrived on the current connection
-	repairing bool
-	holeTimer *time.Timer
-	ready     []item
-	closed    bool
+	mu         sync.Mutex
+	epoch      uint64
+	queued     uint64 // highest seq queued for the handler, or skipped by a gap
+	head       uint64 // highest seq known to exist
+	havePos    bool   // queued is a real position (saved, or given by Since)
+	buf        map[uint64]Message
+	live       bool // Subscribed arrived on the current connection
+	repairing  bool
+	repairFrom uint64 // the first seq the repair in flight asked for
+	holeTimer  *time.Timer
+	ready      []item
+	closed     bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -45,9 +47,9 @@ type item struct {
 	save *Position
 }
 
-func newChannel(s *Session, name string, h Handler, onGap func(Gap)) *channel {
+func newChannel(s *Session, name string, h Handler, onGap func(Gap), onError func(error)) *channel {
 	ch := &channel{
-		s: s, name: name, h: h, onGap: onGap, buf: map[uint64]Message{},
+		s: s, name: name, h: h, onGap: onGap, onError: onError, buf: map[uint64]Message{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go ch.deliver()
@@ -90,16 +92,27 @@ func (ch *channel) onSubscribed(sub *pb.Subscribed) {
 	ch.evaluate(true)
 }
 
-// skipExpired reports seqs before firstRetained that are still missing as
-// an expired gap and moves past them.
+// skipExpired moves past the seqs before firstRetained: the ones still
+// buffered are handed over, each run of missing ones is reported as an
+// expired gap.
 func (ch *channel) skipExpired(firstRetained uint64) {
-	if firstRetained <= ch.queued+1 || ch.head <= ch.queued {
-		return
-	}
 	to := min(firstRetained-1, ch.head)
-	gap := Gap{Channel: ch.name, Epoch: ch.epoch, From: ch.queued + 1, To: to, Reason: GapExpired}
-	ch.queued = to
-	ch.enqueue(item{gap: &gap, save: &Position{Epoch: ch.epoch, Seq: to}})
+	for ch.queued < to {
+		if _, ok := ch.buf[ch.queued+1]; ok {
+			ch.drain()
+			continue
+		}
+		end := ch.queued + 1
+		for end < to {
+			if _, ok := ch.buf[end+1]; ok {
+				break
+			}
+			end++
+		}
+		gap := Gap{Channel: ch.name, Epoch: ch.epoch, From: ch.queued + 1, To: end, Reason: GapExpired}
+		ch.queued = end
+		ch.enqueue(item{gap: &gap, save: &Position{Epoch: ch.epoch, Seq: end}})
+	}
 	ch.drain()
 }
 
@@ -121,7 +134,10 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) {
 		return // another epoch's, or a duplicate
 	}
 	ch.head = max(ch.head, p.Seq)
-	if p.Seq == ch.queued+1 {
+	if len(ch.ready) >= ch.s.c.cfg.BufferLimit {
+		// The handler is behind: drop, and fetch again from the store once
+		// it has caught up, rather than hold an unbounded queue.
+	} else if p.Seq == ch.queued+1 {
 		ch.queued++
 		ch.enqueue(item{msg: messageFrom(p, repaired), save: &Position{Epoch: ch.epoch, Seq: p.Seq}})
 		ch.drain()
@@ -135,7 +151,7 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) {
 
 // drain queues buffered messages that are now next in order.
 func (ch *channel) drain() {
-	for {
+	for len(ch.ready) < ch.s.c.cfg.BufferLimit {
 		m, ok := ch.buf[ch.queued+1]
 		if !ok {
 			break
@@ -190,14 +206,17 @@ func (ch *channel) startRepair() {
 	from := ch.queued + 1
 	to := min(ch.head, ch.queued+uint64(conn.params.repairBatch))
 	ch.repairing = true
-	go ch.s.repair(conn, ch, ch.epoch, from, to)
+	ch.repairFrom = from
+	epoch := ch.epoch
+	ch.s.c.goTracked(func() { ch.s.repair(conn, ch, epoch, from, to) })
 }
 
 // onRepairEnd is called when a repair stream ended, well or not.
-func (ch *channel) onRepairEnd(end *pb.RepairEnd, progressed bool) {
+func (ch *channel) onRepairEnd(end *pb.RepairEnd) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	ch.repairing = false
+	progressed := ch.queued >= ch.repairFrom
 	if end != nil {
 		ch.head = max(ch.head, end.Head)
 		ch.skipExpired(end.FirstRetained)

@@ -22,6 +22,11 @@ import (
 // ErrClosed is returned by calls on a closed Client.
 var ErrClosed = fmt.Errorf("client: closed: %w", net.ErrClosed)
 
+// ErrNotSent is returned by a droppable Publish whose connection broke
+// before the server acknowledged it: droppable messages are never sent
+// twice, so it may or may not have gone out.
+var ErrNotSent = errors.New("client: droppable message not acknowledged before the connection broke")
+
 // Config configures a Client. Zero values mean the documented defaults.
 type Config struct {
 	// TLSConfig: RootCAs (or InsecureSkipVerify for tests), ServerName.
@@ -48,6 +53,9 @@ type Config struct {
 	BufferLimit int
 	// OnState, if set, is called on every connection state change.
 	OnState func(State)
+	// OnNetworkChange, if set, is called after every Migrate with how the
+	// connection moved.
+	OnNetworkChange func(NetworkChange)
 }
 
 // State is the client's connection state.
@@ -111,14 +119,17 @@ type Client struct {
 	cfg  Config
 	addr net.Addr
 	log  *slog.Logger
-	tr   *quic.Transport
 	tls  *tls.Config
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	stats counters
+
 	mu       sync.Mutex
+	err      error       // why the client stopped, when the server refused it
+	net      *network    // where new connections are dialed from
 	cur      *connection // nil while disconnected
 	ready    chan struct{}
 	sessions map[string]*Session
@@ -134,9 +145,9 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: resolve %s: %w", addr, err)
 	}
-	udp, err := net.ListenUDP("udp", nil)
+	nw, err := openNetwork("")
 	if err != nil {
-		return nil, fmt.Errorf("client: open UDP socket: %w", err)
+		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(addr)
 	t := cfg.TLSConfig.Clone()
@@ -149,15 +160,16 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
-		cfg: cfg, addr: raddr, log: cfg.Logger, tr: &quic.Transport{Conn: udp}, tls: t,
+		cfg: cfg, addr: raddr, log: cfg.Logger, net: nw, tls: t,
 		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{},
 	}
 	conn, err := c.connect(ctx)
 	if err != nil {
 		cancel()
-		c.tr.Close()
+		nw.close()
 		return nil, err
 	}
+	c.attach(conn)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -196,21 +208,36 @@ func (cfg Config) withDefaults() Config {
 	return cfg
 }
 
+// stableAfter is how long a connection must last for the backoff to start
+// again from ReconnectMin: a server that accepts and at once drops clients
+// must not get them back in a tight loop.
+const stableAfter = 10 * time.Second
+
 // run keeps the client connected: it waits for the connection to end, then
 // reconnects with jittered exponential backoff (or after the server's
-// GOAWAY hint) and resumes every session.
+// GOAWAY hint) and resumes every session. It stops for good when the server
+// refuses the client with a terminal code (an invalid token, a protocol
+// version it does not speak).
 func (c *Client) run(conn *connection) {
 	backoff := c.cfg.ReconnectMin
 	for {
-		c.attach(conn)
+		began := time.Now()
 		<-conn.done
 		c.detach(conn)
+		if err := conn.terminalError(); err != nil {
+			c.stop(err)
+			return
+		}
+		if time.Since(began) >= stableAfter {
+			backoff = c.cfg.ReconnectMin
+		}
 		wait := backoff
 		if hint := conn.reconnectHint(); hint > 0 {
 			wait = hint
 		}
 		for {
-			// Full jitter: thousands of clients coming back at once spread out.
+			// Jitter between half and all of the wait: thousands of clients
+			// coming back at once spread out, and none comes back too early.
 			select {
 			case <-c.ctx.Done():
 				return
@@ -218,19 +245,53 @@ func (c *Client) run(conn *connection) {
 			}
 			var err error
 			conn, err = c.connect(c.ctx)
+			backoff = min(2*backoff, c.cfg.ReconnectMax)
 			if err == nil {
-				backoff = c.cfg.ReconnectMin
+				c.attach(conn)
 				break
 			}
-			c.log.Warn("reconnect failed", "err", err, "retry_in", wait)
-			backoff = min(2*backoff, c.cfg.ReconnectMax)
+			if code, ok := stream.CodeOf(err); ok && code.Terminal() {
+				c.stop(err)
+				return
+			}
+			c.log.Warn("reconnect failed", "err", err, "retry_in", backoff)
 			wait = backoff
 		}
 	}
 }
 
+// stop ends the client after a terminal refusal: every waiting call
+// returns err (see Err).
+func (c *Client) stop(err error) {
+	c.log.Error("the server refused this client: not reconnecting", "err", err)
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+	c.cancel()
+	c.notify(Closed)
+}
+
+// Err returns why the client stopped on its own (a terminal refusal by the
+// server), or nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *Client) closedErr() error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	return ErrClosed
+}
+
 // attach makes conn current and resumes every session on it.
 func (c *Client) attach(conn *connection) {
+	c.stats.connects.Add(1)
+	if conn.qc.ConnectionState().Used0RTT {
+		c.stats.used0RTT.Add(1)
+	}
 	c.mu.Lock()
 	c.cur = conn
 	sessions := make([]*Session, 0, len(c.sessions))
@@ -250,6 +311,11 @@ func (c *Client) detach(conn *connection) {
 	if c.cur == conn {
 		c.cur = nil
 		c.ready = make(chan struct{})
+	}
+	for _, nw := range conn.nets {
+		if nw != c.net {
+			nw.close()
+		}
 	}
 	sessions := make([]*Session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -271,6 +337,15 @@ func (c *Client) notify(s State) {
 	}
 }
 
+// goTracked runs f on a goroutine that Close waits for.
+func (c *Client) goTracked(f func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
 // current returns the connection, waiting for one up to ctx.
 func (c *Client) current(ctx context.Context) (*connection, error) {
 	for {
@@ -288,7 +363,7 @@ func (c *Client) current(ctx context.Context) (*connection, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-c.ctx.Done():
-			return nil, ErrClosed
+			return nil, c.closedErr()
 		}
 	}
 }
@@ -333,19 +408,25 @@ func (c *Client) Close() error {
 		conn.close(stream.NoError, "client closed")
 	}
 	c.cancel()
-	c.wg.Wait()
 	for _, s := range sessions {
-		s.close()
+		s.close() // stops hole timers first, so no repair starts after Wait
 	}
+	c.wg.Wait()
 	c.notify(Closed)
-	return c.tr.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.net.close()
+	return nil
 }
 
 // connect dials, sends the hello and waits for the welcome.
 func (c *Client) connect(ctx context.Context) (*connection, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
+	c.mu.Lock()
+	nw := c.net
+	c.mu.Unlock()
+	qc, err := nw.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
 		HandshakeIdleTimeout: c.cfg.DialTimeout,
 		MaxIdleTimeout:       2 * heartbeatLimits[1],
 		MaxIncomingStreams:   -1, // the server opens no streams
@@ -353,7 +434,14 @@ func (c *Client) connect(ctx context.Context) (*connection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)
 	}
-	conn, err := newConnection(ctx, c, qc)
+	conn, err := newConnection(ctx, c, qc, nw)
+	if errors.Is(err, quic.Err0RTTRejected) {
+		// The server forgot our ticket (new keys): go on in 1-RTT, replaying
+		// the hello, which is all the early data held.
+		if qc, err = qc.NextConnection(ctx); err == nil {
+			conn, err = newConnection(ctx, c, qc, nw)
+		}
+	}
 	if err != nil {
 		qc.CloseWithError(0, "")
 		var pe *stream.Error

@@ -16,11 +16,16 @@ import (
 
 // connection is one QUIC connection and its control stream.
 type connection struct {
-	c       *Client
-	qc      *quic.Conn
-	params  params
-	user    string
-	control *stream.Sender
+	c  *Client
+	qc *quic.Conn
+	// nets are the networks (UDP socket + quic.Transport) this connection
+	// has used: closing one of them would destroy the connection, so they
+	// are closed when it ends (but for the client's current one).
+	nets       []*network
+	migrations int // path switches so far; guarded by Client.mu
+	params     params
+	user       string
+	control    *stream.Sender
 
 	done      chan struct{} // closed when the connection has ended
 	closeOnce sync.Once
@@ -28,13 +33,13 @@ type connection struct {
 	lastPong  atomic.Int64 // unix nanos
 }
 
-func newConnection(ctx context.Context, c *Client, qc *quic.Conn) (*connection, error) {
+func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (*connection, error) {
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
 	}
 	st.SetPriority(0, false)
-	conn := &connection{c: c, qc: qc, done: make(chan struct{})}
+	conn := &connection{c: c, qc: qc, nets: []*network{nw}, done: make(chan struct{})}
 	conn.control = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
 	err = conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{
 		Version: stream.Version, Minor: stream.MinorVersion, Token: c.cfg.Token, ClientId: c.cfg.ClientID, DeviceId: c.cfg.DeviceID,
@@ -76,12 +81,12 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn) (*connection, 
 	conn.params = paramsFrom(w)
 	conn.user = w.User
 	conn.lastPong.Store(time.Now().UnixNano())
-	go conn.readControl(r)
-	go conn.heartbeat()
-	go func() {
+	c.goTracked(func() { conn.readControl(r) })
+	c.goTracked(conn.heartbeat)
+	c.goTracked(func() {
 		<-qc.Context().Done()
 		conn.closeOnce.Do(func() { close(conn.done) })
-	}()
+	})
 	return conn, nil
 }
 
@@ -129,11 +134,26 @@ func (conn *connection) heartbeat() {
 			conn.close(stream.HeartbeatTimeout, "no pong")
 			return
 		}
-		if err := conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{Id: id, Padding: padding}}}); err != nil {
+		conn.c.mu.Lock()
+		migrations := conn.migrations
+		conn.c.mu.Unlock()
+		ping := &pb.Ping{Id: id, Padding: padding, PathChanges: uint32(migrations)}
+		if err := conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Ping{Ping: ping}}); err != nil {
 			conn.close(stream.NoError, "")
 			return
 		}
 	}
+}
+
+// terminalError returns the server's reason for closing the connection
+// when it says reconnecting cannot help.
+func (conn *connection) terminalError() error {
+	err := context.Cause(conn.qc.Context())
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && stream.ErrCode(ae.ErrorCode).Terminal() {
+		return &stream.Error{Remote: true, Code: stream.ErrCode(ae.ErrorCode), Message: ae.ErrorMessage}
+	}
+	return nil
 }
 
 func (conn *connection) reconnectHint() time.Duration {

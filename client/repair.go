@@ -15,9 +15,7 @@ import (
 // on the session stream never waits behind it.
 func (s *Session) repair(conn *connection, ch *channel, epoch, from, to uint64) {
 	var end *pb.RepairEnd
-	progressed := false
 	err := readRepair(s.c.ctx, conn, &pb.RepairRequest{Channel: ch.name, Epoch: epoch, From: from, To: to}, func(p *pb.Push) {
-		progressed = true
 		ch.onPush(p, true)
 	}, func(e *pb.RepairEnd) { end = e })
 	if err != nil {
@@ -29,7 +27,7 @@ func (s *Session) repair(conn *connection, ch *channel, epoch, from, to uint64) 
 		}
 		s.c.log.Debug("repair failed", "channel", ch.name, "from", from, "to", to, "err", err)
 	}
-	ch.onRepairEnd(end, progressed)
+	ch.onRepairEnd(end)
 }
 
 // readRepair sends one repair request and reads its answer.
@@ -72,39 +70,43 @@ func readRepair(ctx context.Context, conn *connection, req *pb.RepairRequest, on
 }
 
 // History reads channel's stored messages from..to (inclusive; to 0 means
-// up to the head) of its current epoch. Seqs before the first retained one
-// are reported as an expired gap instead.
+// up to the head) of its current epoch, in pages. Seqs before the first
+// retained one are reported as an expired gap instead. If the channel's
+// history is reset between pages, History fails with WRONG_EPOCH rather
+// than mix two histories.
 func (c *Client) History(ctx context.Context, channel string, from, to uint64) ([]Message, *Gap, error) {
 	if err := stream.ValidateChannel(channel); err != nil {
 		return nil, nil, err
 	}
-	if from == 0 {
-		from = 1
+	from = max(from, 1)
+	upTo := to
+	if upTo == 0 {
+		upTo = ^uint64(0)
 	}
-	var msgs []Message
-	var gap *Gap
+	var (
+		msgs  []Message
+		gap   *Gap
+		epoch uint64 // 0 on the first page: whatever is current
+	)
 	for {
 		conn, err := c.current(ctx)
 		if err != nil {
 			return msgs, gap, err
 		}
 		var end *pb.RepairEnd
-		upTo := to
-		if upTo == 0 {
-			upTo = ^uint64(0)
-		}
-		err = readRepair(ctx, conn, &pb.RepairRequest{Channel: channel, From: from, To: upTo}, func(p *pb.Push) {
+		err = readRepair(ctx, conn, &pb.RepairRequest{Channel: channel, Epoch: epoch, From: from, To: upTo}, func(p *pb.Push) {
 			msgs = append(msgs, messageFrom(p, true))
 		}, func(e *pb.RepairEnd) { end = e })
 		if err != nil {
 			var pe *stream.Error
-			if errors.As(err, &pe) && pe.Code == stream.InvalidRange && from > 1 {
-				return msgs, gap, nil // from is beyond the head: nothing more
+			if errors.As(err, &pe) && pe.Code == stream.InvalidRange && epoch == 0 {
+				return nil, nil, fmt.Errorf("client: history of %s: %w", channel, err)
 			}
 			return msgs, gap, err
 		}
+		epoch = end.Epoch
 		if gap == nil && end.FirstRetained > from {
-			gap = &Gap{Channel: channel, From: from, To: min(end.FirstRetained-1, upTo, end.Head), Reason: GapExpired}
+			gap = &Gap{Channel: channel, Epoch: end.Epoch, From: from, To: min(end.FirstRetained-1, upTo, end.Head), Reason: GapExpired}
 		}
 		if last := min(upTo, end.Head); end.Next > last || end.Next <= from {
 			return msgs, gap, nil

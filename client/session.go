@@ -26,7 +26,8 @@ type Session struct {
 	send     *stream.Sender
 	channels map[string]*channel
 	nextReq  uint64
-	subWait  map[uint64]chan error
+	subReqs  map[uint64]string     // subscribe request id -> channel
+	subWait  map[string]chan error // Subscribe calls waiting, by channel
 	pubs     map[uint64]*pendingPublish
 	acks     map[string]Position
 	ackTimer *time.Timer
@@ -42,7 +43,7 @@ type pendingPublish struct {
 func newSession(c *Client, name string) *Session {
 	return &Session{
 		c: c, name: name, channels: map[string]*channel{},
-		subWait: map[uint64]chan error{}, pubs: map[uint64]*pendingPublish{}, acks: map[string]Position{},
+		subReqs: map[uint64]string{}, subWait: map[string]chan error{}, pubs: map[uint64]*pendingPublish{}, acks: map[string]Position{},
 	}
 }
 
@@ -72,17 +73,26 @@ func (s *Session) resume(conn *connection) {
 	s.send = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
 	frames := []*pb.Frame{{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: s.name}}}}
 	for _, ch := range s.channels {
-		s.nextReq++
-		frames = append(frames, ch.subscribeFrame(s.nextReq))
+		frames = append(frames, s.subscribeFrame(ch))
 	}
+	frames = append(frames, s.ackFrames()...)
 	for _, id := range sortedKeys(s.pubs) {
-		frames = append(frames, s.pubs[id].frame)
+		p := s.pubs[id]
+		if p.frame.GetPublish().Class == pb.Class_CLASS_DROPPABLE {
+			// Never sent twice: a droppable message may be lost, not doubled.
+			delete(s.pubs, id)
+			p.err = ErrNotSent
+			close(p.done)
+			continue
+		}
+		frames = append(frames, p.frame)
 	}
 	if err := s.send.SendFrames(frames...); err != nil {
 		conn.close(stream.NoError, "")
 		return
 	}
-	go s.read(conn, stream.NewReader(bufio.NewReader(st), 0))
+	r := stream.NewReader(bufio.NewReader(st), 0)
+	s.c.goTracked(func() { s.read(conn, r) })
 }
 
 func (s *Session) detach(conn *connection) {
@@ -124,10 +134,13 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 				ch.onPush(b.Push, false)
 			}
 		case *pb.Frame_Subscribed:
+			s.mu.Lock()
+			delete(s.subReqs, b.Subscribed.RequestId)
+			s.mu.Unlock()
 			if ch := s.channel(b.Subscribed.Channel); ch != nil {
 				ch.onSubscribed(b.Subscribed)
 			}
-			s.answerSubscribe(b.Subscribed.RequestId, nil)
+			s.answerSubscribe(b.Subscribed.Channel, nil)
 		case *pb.Frame_PublishAck:
 			a := b.PublishAck
 			s.completePublish(a.RequestId, PublishResult{Channel: a.Channel, Epoch: a.Epoch, Seq: a.Seq, Duplicate: a.Duplicate}, nil)
@@ -148,21 +161,67 @@ func (s *Session) channel(name string) *channel {
 
 func (s *Session) onError(conn *connection, e *stream.Error, requestID uint64) {
 	s.mu.Lock()
-	_, isSub := s.subWait[requestID]
+	channel, isSub := s.subReqs[requestID]
+	delete(s.subReqs, requestID)
 	p := s.pubs[requestID]
 	s.mu.Unlock()
+	retryable := e.Code == stream.RateLimited || e.Code == stream.StoreUnavailable
+	wait := max(time.Duration(e.RetryAfterMs)*time.Millisecond, 50*time.Millisecond)
 	switch {
+	case isSub && retryable:
+		time.AfterFunc(wait, func() { s.resubscribe(conn, channel) })
 	case isSub:
-		s.answerSubscribe(requestID, e)
-	case p != nil && (e.Code == stream.RateLimited || e.Code == stream.StoreUnavailable):
+		s.refused(channel, e)
+	case p != nil && retryable:
 		// Not stored: send it again after the server's hint.
-		wait := max(time.Duration(e.RetryAfterMs)*time.Millisecond, 50*time.Millisecond)
 		time.AfterFunc(wait, func() { s.resend(conn, requestID) })
 	case p != nil:
 		s.completePublish(requestID, PublishResult{}, e)
 	default:
 		s.c.log.Warn("server error", "session", s.name, "err", e)
 	}
+}
+
+// refused ends a subscription the server will not serve (a bad position, a
+// forbidden channel): a waiting Subscribe gets the error, a subscription
+// being resumed is told through OnError.
+func (s *Session) refused(channel string, e *stream.Error) {
+	s.mu.Lock()
+	ch := s.channels[channel]
+	delete(s.channels, channel)
+	wait := s.subWait[channel]
+	delete(s.subWait, channel)
+	s.mu.Unlock()
+	if wait != nil {
+		wait <- e
+		return // Subscribe closes the channel
+	}
+	if ch == nil {
+		return
+	}
+	s.c.log.Warn("subscription refused", "channel", channel, "err", e)
+	go func() {
+		ch.close()
+		if ch.onError != nil {
+			ch.onError(e)
+		}
+	}()
+}
+
+// resubscribe sends a subscription again after a retryable refusal.
+func (s *Session) resubscribe(conn *connection, channel string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch := s.channels[channel]; ch != nil && s.conn == conn && s.send != nil {
+		s.send.SendFrames(s.subscribeFrame(ch))
+	}
+}
+
+// subscribeFrame numbers a subscribe request for ch; s.mu held.
+func (s *Session) subscribeFrame(ch *channel) *pb.Frame {
+	s.nextReq++
+	s.subReqs[s.nextReq] = ch.name
+	return ch.subscribeFrame(s.nextReq)
 }
 
 // SubscribeOptions say where a subscription starts and how gaps are told.
@@ -175,6 +234,11 @@ type SubscribeOptions struct {
 	// OnGap is told of seqs that will never be handed over; it runs on the
 	// channel's goroutine, in order with the handler.
 	OnGap func(Gap)
+	// OnError is told when the server refuses to resume the subscription
+	// after a reconnect (say, the channel became forbidden); the
+	// subscription has ended then. Refusals of the first subscribe are
+	// returned by Subscribe instead.
+	OnError func(error)
 }
 
 // Subscription is an active subscription.
@@ -194,7 +258,7 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 	if err != nil {
 		return nil, fmt.Errorf("client: load position of %s: %w", channel, err)
 	}
-	ch := newChannel(s, channel, h, opts.OnGap)
+	ch := newChannel(s, channel, h, opts.OnGap, opts.OnError)
 	switch {
 	case saved:
 		ch.epoch, ch.queued, ch.havePos = pos.Epoch, pos.Seq, true
@@ -208,21 +272,15 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 		return nil, fmt.Errorf("client: already subscribed to %s in session %s", channel, s.name)
 	}
 	s.channels[channel] = ch
-	var wait chan error
+	// Wait for the server's answer, on this connection or, if it breaks
+	// meanwhile, on the next one (the resume subscribes again).
+	wait := make(chan error, 1)
+	s.subWait[channel] = wait
 	if s.send != nil {
-		s.nextReq++
-		wait = make(chan error, 1)
-		s.subWait[s.nextReq] = wait
-		if err := s.send.SendFrames(ch.subscribeFrame(s.nextReq)); err != nil {
-			delete(s.subWait, s.nextReq)
-			wait = nil
-		}
+		s.send.SendFrames(s.subscribeFrame(ch))
 	}
 	s.mu.Unlock()
 	sub := &Subscription{s: s, ch: ch}
-	if wait == nil {
-		return sub, nil
-	}
 	select {
 	case err := <-wait:
 		if err != nil {
@@ -233,13 +291,15 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 	case <-ctx.Done():
 		sub.Close()
 		return nil, ctx.Err()
+	case <-s.c.ctx.Done():
+		return nil, s.c.closedErr()
 	}
 }
 
-func (s *Session) answerSubscribe(requestID uint64, err error) {
+func (s *Session) answerSubscribe(channel string, err error) {
 	s.mu.Lock()
-	wait := s.subWait[requestID]
-	delete(s.subWait, requestID)
+	wait := s.subWait[channel]
+	delete(s.subWait, channel)
 	s.mu.Unlock()
 	if wait != nil {
 		wait <- err
@@ -276,15 +336,19 @@ func (s *Session) flushAcks() {
 	defer s.mu.Unlock()
 	s.ackTimer = nil
 	if s.send == nil || len(s.acks) == 0 {
-		return
+		return // sent on resume
 	}
+	s.send.SendFrames(s.ackFrames()...)
+}
+
+// ackFrames takes the pending acks as frames; s.mu held.
+func (s *Session) ackFrames() []*pb.Frame {
 	frames := make([]*pb.Frame, 0, len(s.acks))
 	for ch, pos := range s.acks {
 		frames = append(frames, &pb.Frame{Body: &pb.Frame_Ack{Ack: &pb.Ack{Channel: ch, Epoch: pos.Epoch, Seq: pos.Seq}}})
 	}
-	if s.send.SendFrames(frames...) == nil {
-		s.acks = map[string]Position{}
-	}
+	clear(s.acks)
+	return frames
 }
 
 // PublishOptions qualify a publish.
@@ -351,7 +415,7 @@ func (s *Session) Publish(ctx context.Context, channel string, data []byte, opts
 		s.mu.Unlock()
 		return PublishResult{}, ctx.Err()
 	case <-s.c.ctx.Done():
-		return PublishResult{}, ErrClosed
+		return PublishResult{}, s.c.closedErr()
 	}
 }
 

@@ -39,6 +39,10 @@ type conn struct {
 	user    string
 	control atomic.Pointer[stream.Sender] // set once the hello is done
 
+	remote        string // the client's address as last seen
+	pathChanges   int    // how often it changed (NAT rebinding, migration)
+	pathLimitSent bool
+
 	wg       sync.WaitGroup // the connection's stream goroutines
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -120,6 +124,9 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if err != nil {
 		return nil, stream.Errorf(stream.Unauthorized, "%v", err)
 	}
+	if reply.User == "" || len(reply.User) > stream.MaxIDLen {
+		return nil, stream.Errorf(stream.Unauthorized, "user name must be 1 to %d bytes (in dev mode the token is the user name)", stream.MaxIDLen)
+	}
 	c.user = reply.User
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	control := stream.NewSender(st, c.budget, c.onSendError)
@@ -133,6 +140,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.remote = c.qc.RemoteAddr().String()
 	c.log.Debug("client connected")
 	return r, nil
 }
@@ -145,12 +153,38 @@ func (c *conn) controlLoop(r *stream.Reader) error {
 		}
 		switch b := f.Body.(type) {
 		case *pb.Frame_Ping:
+			c.checkPath(int(b.Ping.PathChanges))
 			if err := c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}}); err != nil {
 				return err
 			}
 		default:
 			return stream.Unexpected(f, "on the control stream")
 		}
+	}
+}
+
+// maxPathChanges is how many times a connection may change its path:
+// quic-go v0.64.1 never retires a connection ID used on a switched path, so
+// a third change would exhaust the IDs and stall the connection.
+const maxPathChanges = 2
+
+// checkPath counts changes of the client's address, sampled whenever the
+// client sends its heartbeat, and takes the client's own count of its
+// migrations when that is higher (two quick hops look like one to a
+// sampler). After the last change the connection can afford, the client is
+// asked to reconnect soon, while it still can.
+func (c *conn) checkPath(clientCount int) {
+	if addr := c.qc.RemoteAddr().String(); addr != c.remote {
+		c.pathChanges++
+		c.log.Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
+		c.remote = addr
+	}
+	if clientCount > c.pathChanges {
+		c.pathChanges = clientCount
+	}
+	if c.pathChanges >= maxPathChanges && !c.pathLimitSent {
+		c.pathLimitSent = true
+		c.goAway(stream.PathLimit, 0, "path changes used up: reconnect")
 	}
 }
 
@@ -163,7 +197,12 @@ func (c *conn) acceptStreams() {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			c.fail(c.serveStream(st))
+			if err := c.serveStream(st); isStreamError(err) {
+				// The client reset this stream: it ends alone.
+				st.CancelWrite(quic.StreamErrorCode(stream.NoError))
+			} else {
+				c.fail(err)
+			}
 		}()
 	}
 }
@@ -182,7 +221,12 @@ func (c *conn) serveStream(st *quic.Stream) error {
 	case *pb.Frame_SessionOpen:
 		sess := c.openSession(st, b.SessionOpen.Name)
 		defer c.closeSession(sess)
-		return sess.run(r)
+		err := sess.run(r)
+		if err == io.EOF {
+			sess.send.Close() // the client ended the session: so do we
+			return nil
+		}
+		return err
 	case *pb.Frame_RepairRequest:
 		return c.serveRepair(st, b.RepairRequest)
 	default:
@@ -248,6 +292,11 @@ func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
 }
 
 func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
+func isStreamError(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se)
+}
 
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 
 	"github.com/quicpush/quicpush/store"
@@ -11,79 +12,114 @@ import (
 
 // hub maps channels to their subscribers and fans committed messages out.
 // Each message is encoded once; the same bytes go to every subscriber.
+//
+// Lock order: a hubChannel's mu before the hub's mu, never the reverse.
 type hub struct {
 	store Store
+	log   *slog.Logger
 
-	mu       sync.RWMutex
+	mu       sync.Mutex // guards channels
 	channels map[string]*hubChannel
 }
 
 type hubChannel struct {
+	name string
+
+	// mu is the seam between subscribing and fan-out: it is held while a
+	// subscriber reads the bounds and registers, and while messages are
+	// fanned out, so each message is either in the bounds or pushed.
+	mu           sync.Mutex
 	subs         map[*session]struct{}
 	droppableSeq uint64
+	dead         bool // removed from the hub: look it up again
 }
 
-func newHub(st Store) *hub {
-	return &hub{store: st, channels: map[string]*hubChannel{}}
+func newHub(st Store, log *slog.Logger) *hub {
+	return &hub{store: st, log: log, channels: map[string]*hubChannel{}}
 }
 
-// subscribe adds sess to channel's subscribers and calls then with the
-// channel's bounds at that instant, before any push can reach sess. Every message committed after those bounds is
-// pushed to sess; the ones before are the client's to pull. The store makes
-// a commit visible to Bounds before it calls fanOut, and fanOut takes the
-// same lock, so no message falls between the two: at worst one is both
-// pulled and pushed, and the client drops the second copy by its seq.
-func (h *hub) subscribe(ctx context.Context, sess *session, channel string, then func(store.Bounds)) error {
+func (h *hub) lookup(name string, create bool) *hubChannel {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	b, err := h.store.Bounds(ctx, channel)
-	if err != nil {
+	ch := h.channels[name]
+	if ch == nil && create {
+		ch = &hubChannel{name: name, subs: map[*session]struct{}{}}
+		h.channels[name] = ch
+	}
+	return ch
+}
+
+// removeIfEmpty drops ch from the hub once it has no subscriber; ch.mu held.
+func (h *hub) removeIfEmpty(ch *hubChannel) {
+	if len(ch.subs) > 0 {
+		return
+	}
+	ch.dead = true
+	h.mu.Lock()
+	if h.channels[ch.name] == ch {
+		delete(h.channels, ch.name)
+	}
+	h.mu.Unlock()
+}
+
+// subscribe reads channel's bounds and, if accept agrees, adds sess to its
+// subscribers, atomically with respect to fan-out: every message committed
+// after those bounds is pushed to sess, and every one up to them is in the
+// store for the client to pull. The store makes a commit visible to Bounds
+// before it calls fanOut, so no message falls between the two; messages of
+// a batch committed meanwhile may arrive both ways, and the client drops the
+// second copy by its seq. accept runs before any push can reach sess.
+func (h *hub) subscribe(ctx context.Context, sess *session, channel string, accept func(store.Bounds) bool) error {
+	for {
+		ch := h.lookup(channel, true)
+		ch.mu.Lock()
+		if ch.dead {
+			ch.mu.Unlock()
+			continue
+		}
+		b, err := h.store.Bounds(ctx, channel)
+		if err == nil && accept(b) {
+			ch.subs[sess] = struct{}{}
+		}
+		h.removeIfEmpty(ch)
+		ch.mu.Unlock()
 		return err
 	}
-	ch := h.channels[channel]
-	if ch == nil {
-		ch = &hubChannel{subs: map[*session]struct{}{}}
-		h.channels[channel] = ch
-	}
-	ch.subs[sess] = struct{}{}
-	then(b)
-	return nil
 }
 
 func (h *hub) unsubscribe(sess *session, channel string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ch := h.channels[channel]
+	ch := h.lookup(channel, false)
 	if ch == nil {
 		return
 	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
 	delete(ch.subs, sess)
-	if len(ch.subs) == 0 {
-		delete(h.channels, channel)
-	}
+	h.removeIfEmpty(ch)
 }
 
 // fanOut is the store's Watch callback: it must not block. Consecutive
 // messages of one channel are encoded into one buffer and queued for each
 // subscriber with one call, so a burst becomes few stream writes.
 func (h *hub) fanOut(msgs []store.Message) {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
 	var buf []byte
 	for i := 0; i < len(msgs); {
 		j := i
 		for j < len(msgs) && msgs[j].Channel == msgs[i].Channel {
 			j++
 		}
-		ch := h.channels[msgs[i].Channel]
-		if ch != nil && len(ch.subs) > 0 {
-			buf = buf[:0]
-			for _, m := range msgs[i:j] {
-				buf, _ = stream.AppendFrame(buf, pushFrame(m))
+		if ch := h.lookup(msgs[i].Channel, false); ch != nil {
+			ch.mu.Lock()
+			if len(ch.subs) > 0 {
+				buf = buf[:0]
+				for _, m := range msgs[i:j] {
+					buf = h.appendPush(buf, pushFrame(m))
+				}
+				for sess := range ch.subs {
+					sess.push(buf)
+				}
 			}
-			for sess := range ch.subs {
-				sess.push(buf)
-			}
+			ch.mu.Unlock()
 		}
 		i = j
 	}
@@ -92,29 +128,34 @@ func (h *hub) fanOut(msgs []store.Message) {
 // fanOutDroppable pushes a message that is not stored to the channel's
 // current subscribers, numbered by the channel's droppable counter.
 func (h *hub) fanOutDroppable(m store.Message) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ch := h.channels[m.Channel]
-	if ch == nil || len(ch.subs) == 0 {
+	ch := h.lookup(m.Channel, false)
+	if ch == nil {
+		return
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if len(ch.subs) == 0 {
 		return
 	}
 	ch.droppableSeq++
 	f := pushFrame(m)
 	f.GetPush().Class = pb.Class_CLASS_DROPPABLE
 	f.GetPush().DroppableSeq = ch.droppableSeq
-	buf, _ := stream.AppendFrame(nil, f)
+	buf := h.appendPush(nil, f)
 	for sess := range ch.subs {
 		sess.push(buf)
 	}
 }
 
-func (h *hub) subscriberCount(channel string) int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	if ch := h.channels[channel]; ch != nil {
-		return len(ch.subs)
+// appendPush encodes a push. Publishes are validated against the frame
+// limit before they are stored, so a failure here is a bug worth a log line.
+func (h *hub) appendPush(buf []byte, f *pb.Frame) []byte {
+	out, err := stream.AppendFrame(buf, f)
+	if err != nil {
+		h.log.Error("cannot encode push", "channel", f.GetPush().GetChannel(), "seq", f.GetPush().GetSeq(), "err", err)
+		return buf
 	}
-	return 0
+	return out
 }
 
 func pushFrame(m store.Message) *pb.Frame {

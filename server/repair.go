@@ -64,7 +64,7 @@ func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
 		next = msgs[len(msgs)-1].Seq + 1
 	}
 	end, _ := stream.AppendFrame(nil, &pb.Frame{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{
-		Next: next, FirstRetained: b.First, Head: b.Last,
+		Next: next, FirstRetained: b.First, Head: b.Last, Epoch: b.Epoch,
 	}}})
 	st.Write(end)
 	return nil

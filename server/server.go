@@ -157,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
-	s.hub = newHub(cfg.Store)
+	s.hub = newHub(cfg.Store, cfg.Logger)
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
 	s.wg.Add(1)

@@ -26,6 +26,7 @@ type session struct {
 
 	pubMu      sync.Mutex
 	pubQueue   []*pb.Publish
+	inFlight   int // queued plus being appended
 	publishing bool
 }
 
@@ -86,43 +87,61 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 		return s.replyError(stream.Errorf(stream.BadRequest, "already subscribed to %s on this session", req.Channel), req.RequestId, req.Channel)
 	}
 	ctx := s.c.ctx
+	storeErr := func(err error) error {
+		s.forget(req.Channel)
+		s.c.log.Warn("subscribe failed", "channel", req.Channel, "err", err)
+		e := stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err)
+		e.RetryAfterMs = 1000
+		return s.replyError(e, req.RequestId, req.Channel)
+	}
+	// A client with no position on its own channel starts at its cursor.
+	var cursor *store.Position
+	if req.Start == pb.Start_START_DEFAULT && ownChannel(s.c.user, req.Channel) {
+		cur, err := s.c.s.cfg.Store.Cursor(ctx, s.c.user, req.Channel)
+		if err != nil {
+			return storeErr(err)
+		}
+		cursor = &cur
+	}
+	var refusal *stream.Error
 	var replyErr error
-	err := s.c.s.hub.subscribe(ctx, s, req.Channel, func(b store.Bounds) {
-		// Under the hub's lock: Subscribed goes out before any live push.
+	err := s.c.s.hub.subscribe(ctx, s, req.Channel, func(b store.Bounds) bool {
 		ans := &pb.Subscribed{RequestId: req.RequestId, Channel: req.Channel, Epoch: b.Epoch, Head: b.Last, FirstRetained: b.First}
 		switch {
 		case req.Start == pb.Start_START_AFTER && req.Epoch != 0 && req.Epoch != b.Epoch:
 			ans.Reset_ = true
 		case req.Start == pb.Start_START_AFTER:
-			ans.StartAfter = req.After
-		case ownChannel(s.c.user, req.Channel):
-			cur, err := s.c.s.cfg.Store.Cursor(ctx, s.c.user, req.Channel)
-			if err == nil && cur.Epoch == b.Epoch {
-				ans.StartAfter = min(cur.Seq, b.Last)
+			if req.After > b.Last {
+				refusal = stream.Errorf(stream.InvalidRange, "position %d is beyond the head %d of %s", req.After, b.Last, req.Channel)
+				return false
 			}
+			ans.StartAfter = req.After
+		case cursor != nil && cursor.Epoch == b.Epoch:
+			ans.StartAfter = min(cursor.Seq, b.Last)
+		case cursor != nil:
+			ans.StartAfter = 0 // the cursor is of a lost history: all of the new one
 		default:
 			ans.StartAfter = b.Last
 		}
-		if ans.StartAfter > b.Last {
-			replyErr = stream.Errorf(stream.InvalidRange, "position %d is beyond the head %d of %s", ans.StartAfter, b.Last, req.Channel)
-			return
-		}
+		// Sent before the subscription can receive a push.
 		replyErr = s.reply(&pb.Frame{Body: &pb.Frame_Subscribed{Subscribed: ans}})
+		return true
 	})
-	if err == nil && replyErr != nil {
-		var pe *stream.Error
-		if errors.As(replyErr, &pe) {
-			s.unsubscribe(req.Channel)
-			return s.replyError(pe, req.RequestId, req.Channel)
-		}
-		return replyErr
+	switch {
+	case err != nil:
+		return storeErr(err)
+	case refusal != nil:
+		s.forget(req.Channel)
+		return s.replyError(refusal, req.RequestId, req.Channel)
 	}
-	if err != nil {
-		s.unsubscribe(req.Channel)
-		s.c.log.Warn("subscribe failed", "channel", req.Channel, "err", err)
-		return s.replyError(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err), req.RequestId, req.Channel)
-	}
-	return nil
+	return replyErr
+}
+
+// forget drops a subscription that the hub never registered.
+func (s *session) forget(channel string) {
+	s.mu.Lock()
+	delete(s.subs, channel)
+	s.mu.Unlock()
 }
 
 // ownChannel reports whether channel belongs to user: "user/<user>" or
@@ -176,12 +195,13 @@ func (s *session) publish(p *pb.Publish) error {
 	}
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
-	if len(s.pubQueue) >= s.c.s.cfg.MaxPublishesInFlight {
+	if s.inFlight >= s.c.s.cfg.MaxPublishesInFlight {
 		e := stream.Errorf(stream.RateLimited, "more than %d publishes awaiting the store", s.c.s.cfg.MaxPublishesInFlight)
 		e.RetryAfterMs = 100
 		return s.replyError(e, p.RequestId, p.Channel)
 	}
 	s.pubQueue = append(s.pubQueue, p)
+	s.inFlight++
 	if !s.publishing {
 		s.publishing = true
 		s.c.wg.Add(1)
@@ -194,10 +214,16 @@ func (s *session) publish(p *pb.Publish) error {
 }
 
 func (s *session) publishLoop() error {
+	// 0-RTT data can be replayed by an attacker: store nothing before the
+	// handshake has confirmed the client.
+	select {
+	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.ctx.Done():
+		return nil
+	}
 	for {
 		s.pubMu.Lock()
-		batch := s.pubQueue
-		s.pubQueue = nil
+		batch := s.nextPublishBatch()
 		if len(batch) == 0 {
 			s.publishing = false
 			s.pubMu.Unlock()
@@ -214,12 +240,14 @@ func (s *session) publishLoop() error {
 		for i, p := range batch {
 			var f *pb.Frame
 			if err != nil {
-				code := stream.StoreUnavailable
-				if errors.Is(err, store.ErrTooLarge) {
-					code = stream.MessageTooLarge
-				}
-				e := stream.Errorf(code, "publish to %s not stored: %v", p.Channel, err)
+				e := stream.Errorf(stream.StoreUnavailable, "publish to %s not stored: %v", p.Channel, err)
 				e.RetryAfterMs = 500
+				switch {
+				case errors.Is(err, store.ErrTooLarge):
+					e.Code, e.RetryAfterMs = stream.MessageTooLarge, 0
+				case errors.Is(err, store.ErrInvalid):
+					e.Code, e.RetryAfterMs = stream.BadRequest, 0
+				}
 				f = e.Frame()
 				f.GetError().RequestId, f.GetError().Channel = p.RequestId, p.Channel
 			} else {
@@ -229,8 +257,33 @@ func (s *session) publishLoop() error {
 			}
 			out, _ = stream.AppendFrame(out, f)
 		}
+		s.pubMu.Lock()
+		s.inFlight -= len(batch)
+		s.pubMu.Unlock()
 		if err := s.send.Send(out); err != nil {
 			return err
 		}
 	}
+}
+
+// Bounds of one Append call, well inside what any store accepts in one.
+const (
+	publishBatchEntries = 256
+	publishBatchBytes   = 2 << 20
+)
+
+// nextPublishBatch takes the longest prefix of the queue within the batch
+// bounds (at least one publish); s.pubMu held.
+func (s *session) nextPublishBatch() []*pb.Publish {
+	n, size := 0, 0
+	for n < len(s.pubQueue) && n < publishBatchEntries {
+		size += len(s.pubQueue[n].Data)
+		if n > 0 && size > publishBatchBytes {
+			break
+		}
+		n++
+	}
+	batch := s.pubQueue[:n:n]
+	s.pubQueue = s.pubQueue[n:]
+	return batch
 }

@@ -97,11 +97,15 @@ func (db *DB) Append(ctx context.Context, reqs []AppendRequest) ([]AppendResult,
 	if err != nil {
 		return nil, err
 	}
-	op := &appendOp{reqs: reqs, cost: cost, done: make(chan struct{})}
 	leave, err := db.enter()
 	if err != nil {
 		return nil, err
 	}
+	if len(reqs) == 0 {
+		leave()
+		return nil, nil
+	}
+	op := &appendOp{reqs: reqs, cost: cost, done: make(chan struct{})}
 	select {
 	case db.queue <- op:
 		leave()
@@ -210,6 +214,10 @@ type batch struct {
 // commit writes ops and as much of trims as fits in one transaction, then
 // publishes, notifies and answers. It returns the trims not finished.
 func (db *DB) commit(ops []*appendOp, trims []*trim) []*trim {
+	n := 0
+	for _, op := range ops {
+		n += len(op.reqs)
+	}
 	db.writer.batch++
 	b := &batch{
 		db:      db,
@@ -217,7 +225,8 @@ func (db *DB) commit(ops []*appendOp, trims []*trim) []*trim {
 		txn:     db.bdb.NewTransaction(true),
 		now:     time.Now().Round(0),
 		created: make(map[string]*head),
-		seen:    make(map[string]AppendResult),
+		seen:    make(map[string]AppendResult, n),
+		msgs:    make([]Message, 0, n),
 	}
 	defer b.txn.Discard()
 	lastID := db.writer.lastID

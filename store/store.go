@@ -450,10 +450,10 @@ type watcher struct {
 // Watch calls fn, on the writer goroutine, with the messages of every
 // committed batch (duplicates excluded), in commit order, once they are
 // visible to Bounds and Range and before their Appends return. fn must not
-// block, must not call Append, and must treat the slice and its Data as
-// read-only: they are shared with other watchers. A panic in fn is
-// recovered and logged. stop may be called from fn; a call already running
-// on the writer goroutine is not waited for.
+// block or call Append or RunRetention (they wait for the writer), and must
+// treat the slice and its Data as read-only: they are shared with other
+// watchers. A panic in fn is recovered and logged. stop may be called from
+// fn; a call already running on the writer goroutine is not waited for.
 func (db *DB) Watch(fn func([]Message)) (stop func()) {
 	w := &watcher{fn: fn}
 	db.watchMu.Lock()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/quicpush/quicpush/server"
 	"github.com/quicpush/quicpush/store"
@@ -431,4 +432,14 @@ func TestCrash(t *testing.T) {
 	res := appendData(t, db, "crash", "after")
 	require.Equal(t, store.AppendResult{Epoch: b.Epoch, Seq: b.Last + 1}, res[0])
 	t.Logf("%d acknowledged, %d stored", len(acked), b.Last)
+}
+
+// TestNoLeak: Close stops every goroutine, Badger's included.
+func TestNoLeak(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	db, err := store.Open(t.TempDir(), store.Options{Logger: quiet, RetentionInterval: time.Millisecond, GCInterval: time.Millisecond})
+	require.NoError(t, err)
+	appendData(t, db, "c", "1", "2")
+	require.NoError(t, db.RunRetention(t.Context()))
+	require.NoError(t, db.Close())
 }

@@ -24,6 +24,9 @@ const (
 	HelloTimeout     ErrCode = 0x5
 	StoreUnavailable ErrCode = 0x6
 	Replaced         ErrCode = 0x7
+	// PathLimit: the connection has used up its path changes (quic-go
+	// v0.64.1 allows two); reconnect, which resumes with nothing lost.
+	PathLimit ErrCode = 0x8
 )
 
 // Terminal range (0x100-0x1ff): reconnecting will fail the same way until

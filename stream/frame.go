@@ -3,6 +3,7 @@ package stream
 import (
 	"errors"
 	"io"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/quic-go/quic-go/quicvarint"
@@ -121,7 +122,7 @@ func (o *oneByteReader) ReadByte() (byte, error) {
 }
 
 // ValidateChannel checks a channel name: 1 to MaxChannelLen bytes of UTF-8
-// without control characters or spaces.
+// without control characters or spaces of any kind.
 func ValidateChannel(name string) error {
 	if name == "" || len(name) > MaxChannelLen {
 		return Errorf(BadRequest, "channel name must be 1 to %d bytes", MaxChannelLen)
@@ -130,7 +131,7 @@ func ValidateChannel(name string) error {
 		return Errorf(BadRequest, "channel name is not UTF-8")
 	}
 	for _, c := range name {
-		if c <= ' ' || c == 0x7f {
+		if unicode.IsControl(c) || unicode.IsSpace(c) {
 			return Errorf(BadRequest, "channel name %q has a space or control character", name)
 		}
 	}
@@ -157,4 +158,3 @@ func Name(f *quicpushpb.Frame) string {
 func Unexpected(f *quicpushpb.Frame, where string) *Error {
 	return Errorf(FrameUnexpected, "%s frame not allowed %s", Name(f), where)
 }
-

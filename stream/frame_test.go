@@ -94,7 +94,7 @@ func TestBadFrames(t *testing.T) {
 }
 
 func TestErrCodesMirrorProto(t *testing.T) {
-	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced,
+	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced, PathLimit,
 		ProtocolViolation, FrameTooLarge, FrameUnknown, FrameUnexpected, FrameMalformed, VersionUnsupported, Unauthorized,
 		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported}
 	require.Len(t, codes, len(pb.ErrorCode_name))
@@ -117,7 +117,7 @@ func TestErrCodesMirrorProto(t *testing.T) {
 func TestValidateChannel(t *testing.T) {
 	require.NoError(t, ValidateChannel("room/math-101"))
 	require.NoError(t, ValidateChannel("user/éloïse"))
-	for _, bad := range []string{"", "a b", "a\nb", string(make([]byte, MaxChannelLen+1)), "\xff"} {
+	for _, bad := range []string{"", "a b", "a\nb", "a\u0085b", "a\u00a0b", "a\u3000b", string(make([]byte, MaxChannelLen+1)), "\xff"} {
 		require.ErrorIs(t, ValidateChannel(bad), &Error{Code: BadRequest}, "%q", bad)
 	}
 }

@@ -29,7 +29,11 @@ func (b *Budget) Used() int64 { return b.used.Load() }
 // SendStream is what a Sender writes to: a QUIC stream.
 type SendStream interface {
 	Write(p []byte) (int, error)
+	Close() error
 }
+
+// ErrSenderClosed is returned by Send after Close.
+var ErrSenderClosed = errors.New("quicpush: sender closed")
 
 // tryWriter is implemented by quic-go streams: a write that queues the
 // whole slice without blocking, or nothing.
@@ -51,6 +55,7 @@ type Sender struct {
 	pending  []byte
 	spare    []byte
 	flushing bool
+	closing  bool
 	err      error
 	onError  func(error)
 }
@@ -71,6 +76,9 @@ func (s *Sender) Send(b []byte) error {
 	defer s.mu.Unlock()
 	if s.err != nil {
 		return s.err
+	}
+	if s.closing {
+		return ErrSenderClosed
 	}
 	if !s.flushing && s.try != nil {
 		err := s.try.TryWriteAll(b)
@@ -106,6 +114,20 @@ func (s *Sender) SendFrames(frames ...*quicpushpb.Frame) error {
 	return s.Send(b)
 }
 
+// Close closes the stream's write side (FIN) once everything queued has
+// been written. Calling it more than once is harmless.
+func (s *Sender) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.err != nil {
+		return
+	}
+	s.closing = true
+	if !s.flushing {
+		s.st.Close() // otherwise the flusher closes it when done
+	}
+}
+
 // Idle reports whether nothing is queued.
 func (s *Sender) Idle() bool {
 	s.mu.Lock()
@@ -118,6 +140,9 @@ func (s *Sender) flush() {
 		s.mu.Lock()
 		if len(s.pending) == 0 {
 			s.flushing = false
+			if s.closing {
+				s.st.Close()
+			}
 			s.mu.Unlock()
 			return
 		}

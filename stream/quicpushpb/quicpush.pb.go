@@ -138,6 +138,7 @@ const (
 	ErrorCode_HELLO_TIMEOUT       ErrorCode = 5
 	ErrorCode_STORE_UNAVAILABLE   ErrorCode = 6
 	ErrorCode_REPLACED            ErrorCode = 7
+	ErrorCode_PATH_LIMIT          ErrorCode = 8
 	ErrorCode_PROTOCOL_VIOLATION  ErrorCode = 256
 	ErrorCode_FRAME_TOO_LARGE     ErrorCode = 257
 	ErrorCode_FRAME_UNKNOWN       ErrorCode = 258
@@ -166,6 +167,7 @@ var (
 		5:   "HELLO_TIMEOUT",
 		6:   "STORE_UNAVAILABLE",
 		7:   "REPLACED",
+		8:   "PATH_LIMIT",
 		256: "PROTOCOL_VIOLATION",
 		257: "FRAME_TOO_LARGE",
 		258: "FRAME_UNKNOWN",
@@ -191,6 +193,7 @@ var (
 		"HELLO_TIMEOUT":       5,
 		"STORE_UNAVAILABLE":   6,
 		"REPLACED":            7,
+		"PATH_LIMIT":          8,
 		"PROTOCOL_VIOLATION":  256,
 		"FRAME_TOO_LARGE":     257,
 		"FRAME_UNKNOWN":       258,
@@ -764,9 +767,13 @@ func (x *Welcome) GetAckDelayMs() uint32 {
 // server answers with a Pong carrying the same id. padding keeps the packet
 // large enough to trigger a stateless reset from a restarted server.
 type Ping struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Padding       []byte                 `protobuf:"bytes,2,opt,name=padding,proto3" json:"padding,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Padding []byte                 `protobuf:"bytes,2,opt,name=padding,proto3" json:"padding,omitempty"`
+	// The client's own path switches (migrations) on this connection. The
+	// server adds what it sees itself (NAT rebindings) to decide when the
+	// connection has used up its path changes.
+	PathChanges   uint32 `protobuf:"varint,3,opt,name=path_changes,json=pathChanges,proto3" json:"path_changes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -815,6 +822,13 @@ func (x *Ping) GetPadding() []byte {
 	return nil
 }
 
+func (x *Ping) GetPathChanges() uint32 {
+	if x != nil {
+		return x.PathChanges
+	}
+	return 0
+}
+
 type Pong struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -860,8 +874,8 @@ func (x *Pong) GetId() uint64 {
 }
 
 // GoAway: the server is going away (shutdown, or this connection should
-// move). The client reconnects after reconnect_after_ms plus jitter and
-// resumes; the server closes the connection once it has drained.
+// move). The client closes the connection and reconnects after about
+// reconnect_after_ms (jittered between half and all of it) and resumes.
 type GoAway struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Code             ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=quicpush.v1.ErrorCode" json:"code,omitempty"`
@@ -1598,6 +1612,7 @@ type RepairEnd struct {
 	Next          uint64                 `protobuf:"varint,1,opt,name=next,proto3" json:"next,omitempty"`                                        // the first seq not sent
 	FirstRetained uint64                 `protobuf:"varint,2,opt,name=first_retained,json=firstRetained,proto3" json:"first_retained,omitempty"` // > from when part of the range has expired
 	Head          uint64                 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`                                        // the channel's last seq
+	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`                                      // the channel's epoch the pushes belong to
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1649,6 +1664,13 @@ func (x *RepairEnd) GetFirstRetained() uint64 {
 func (x *RepairEnd) GetHead() uint64 {
 	if x != nil {
 		return x.Head
+	}
+	return 0
+}
+
+func (x *RepairEnd) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
 	}
 	return 0
 }
@@ -1779,10 +1801,11 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0emax_frame_size\x18\n" +
 	" \x01(\rR\fmaxFrameSize\x12 \n" +
 	"\fack_delay_ms\x18\v \x01(\rR\n" +
-	"ackDelayMs\"0\n" +
+	"ackDelayMs\"S\n" +
 	"\x04Ping\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
-	"\apadding\x18\x02 \x01(\fR\apadding\"\x16\n" +
+	"\apadding\x18\x02 \x01(\fR\apadding\x12!\n" +
+	"\fpath_changes\x18\x03 \x01(\rR\vpathChanges\"\x16\n" +
 	"\x04Pong\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"|\n" +
 	"\x06GoAway\x12*\n" +
@@ -1846,11 +1869,12 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04from\x18\x03 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x04 \x01(\x04R\x02to\x12\x14\n" +
-	"\x05limit\x18\x05 \x01(\rR\x05limit\"Z\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\"p\n" +
 	"\tRepairEnd\x12\x12\n" +
 	"\x04next\x18\x01 \x01(\x04R\x04next\x12%\n" +
 	"\x0efirst_retained\x18\x02 \x01(\x04R\rfirstRetained\x12\x12\n" +
-	"\x04head\x18\x03 \x01(\x04R\x04head\"\xac\x01\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xac\x01\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.quicpush.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
@@ -1863,7 +1887,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\vSTART_AFTER\x10\x01*0\n" +
 	"\x05Class\x12\x12\n" +
 	"\x0eCLASS_RELIABLE\x10\x00\x12\x13\n" +
-	"\x0fCLASS_DROPPABLE\x10\x01*\xd3\x03\n" +
+	"\x0fCLASS_DROPPABLE\x10\x01*\xe3\x03\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x11\n" +
@@ -1872,7 +1896,9 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x11HEARTBEAT_TIMEOUT\x10\x04\x12\x11\n" +
 	"\rHELLO_TIMEOUT\x10\x05\x12\x15\n" +
 	"\x11STORE_UNAVAILABLE\x10\x06\x12\f\n" +
-	"\bREPLACED\x10\a\x12\x17\n" +
+	"\bREPLACED\x10\a\x12\x0e\n" +
+	"\n" +
+	"PATH_LIMIT\x10\b\x12\x17\n" +
 	"\x12PROTOCOL_VIOLATION\x10\x80\x02\x12\x14\n" +
 	"\x0fFRAME_TOO_LARGE\x10\x81\x02\x12\x12\n" +
 	"\rFRAME_UNKNOWN\x10\x82\x02\x12\x15\n" +

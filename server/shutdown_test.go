@@ -1,0 +1,51 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quicpush/quicpush/client"
+	"github.com/quicpush/quicpush/server"
+)
+
+// Shutdown tells clients to go (GOAWAY), waits for them to leave, and makes
+// Serve return ErrServerClosed; calling it again is harmless.
+func TestShutdownSendsGoAwayAndDrains(t *testing.T) {
+	ts := runServer(t, server.Config{})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer pc.Close()
+	served := make(chan error, 1)
+	go func() { served <- ts.Serve(pc) }()
+
+	states := make(chan client.State, 16)
+	c := dial(t, ts, client.Config{OnState: func(s client.State) { states <- s }})
+	_, err = c.Session("s").Publish(context.Background(), "room/x", []byte("m"), client.PublishOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 1, ts.ConnCount())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	require.NoError(t, ts.Shutdown(ctx))
+	require.Less(t, time.Since(start), 4*time.Second, "the client did not leave on GOAWAY")
+	require.Equal(t, 0, ts.ConnCount())
+	require.ErrorIs(t, <-served, server.ErrServerClosed)
+	require.NoError(t, ts.Shutdown(ctx))
+	require.Eventually(t, func() bool {
+		for {
+			select {
+			case s := <-states:
+				if s == client.Connecting {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	}, 2*time.Second, 5*time.Millisecond)
+}
