@@ -47,11 +47,6 @@ func (c *historyCmd) Run(ctx context.Context, e *env) error {
 	// Print what was read even when reading stopped early.
 	msgs, gap, err := cl.History(ctx, c.Channel, c.From, c.To)
 	if gap != nil {
-		// The SDK leaves a history gap's epoch unset; it is the epoch of
-		// the messages read with it.
-		if gap.Epoch == 0 && len(msgs) > 0 {
-			gap.Epoch = msgs[0].Epoch
-		}
 		if err := writeLine(e.stdout, newGapLine("", *gap)); err != nil {
 			return fmt.Errorf("cannot write to stdout: %w", err)
 		}

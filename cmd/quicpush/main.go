@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -152,11 +151,6 @@ func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time
 	if timeout <= 0 || timeout > 5*time.Second {
 		timeout = 5 * time.Second
 	}
-	// Dial returns before the connection is attached to the Client; until
-	// then a Subscribe takes the "disconnected" path and returns without
-	// the server's answer, so a refusal would only be logged. Wait for it.
-	connected := make(chan struct{})
-	var once sync.Once
 	c, err := client.Dial(ctx, e.g.Server, client.Config{
 		TLSConfig:   tlsConf,
 		Token:       e.g.Token,
@@ -164,22 +158,11 @@ func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time
 		State:       state,
 		Logger:      e.log,
 		DialTimeout: timeout,
-		OnState: func(s client.State) {
-			if s == client.Connected {
-				once.Do(func() { close(connected) })
-			}
-		},
 	})
 	if err != nil {
 		return nil, e.explain(err, timeout)
 	}
-	select {
-	case <-connected:
-		return c, nil
-	case <-ctx.Done():
-		c.Close()
-		return nil, e.explain(ctx.Err(), timeout)
-	}
+	return c, nil
 }
 
 // explain says what a connection error means and what to do about it.

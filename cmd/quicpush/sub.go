@@ -91,7 +91,7 @@ func (c *subCmd) Run(ctx context.Context, e *env) error {
 
 	p := &printer{w: e.stdout, limit: c.Count, done: make(chan struct{})}
 	for _, s := range c.parsed {
-		opts := client.SubscribeOptions{Since: c.Since, OnGap: p.gap(s.session)}
+		opts := client.SubscribeOptions{Since: c.Since, OnGap: p.gap(s.session), OnError: p.refused(s)}
 		if _, err := cl.Session(s.session).Subscribe(ctx, s.channel, opts, p.message(s.session)); err != nil {
 			return subscribeError(s, err)
 		}
@@ -201,6 +201,19 @@ func (p *printer) write(v any) bool {
 		return false
 	}
 	return true
+}
+
+// refused ends the run when the server refuses to resume a subscription
+// after a reconnect: the channel would never deliver again.
+func (p *printer) refused(s subscription) func(error) {
+	return func(err error) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.stopped() {
+			p.err = subscribeError(s, err)
+			close(p.done)
+		}
+	}
 }
 
 func (p *printer) printed() int {
