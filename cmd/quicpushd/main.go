@@ -84,8 +84,15 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	// The admin server comes first, so /readyz says 503 while the store
-	// opens (replaying Badger's log can take a while).
+	// Both ports are bound before anything touches the data directory, so
+	// a port in use fails at once. The admin server serves from the start:
+	// /readyz says 503 while the store opens (replaying Badger's log can
+	// take a while).
+	pc, err := net.ListenPacket("udp", f.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on UDP %s: %w — is another quicpushd running? (choose another address with --listen)", f.Listen, err)
+	}
+	defer pc.Close() // the server does not close a PacketConn it was given
 	var ready atomic.Bool
 	adminLn, err := net.Listen("tcp", f.Admin)
 	if err != nil {
@@ -133,11 +140,6 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 		return err
 	}
 	defer srv.Close()
-	pc, err := net.ListenPacket("udp", f.Listen)
-	if err != nil {
-		return fmt.Errorf("cannot listen on UDP %s: %w — is another quicpushd running? (choose another address with --listen)", f.Listen, err)
-	}
-	defer pc.Close() // the server does not close a PacketConn it was given
 	addr, err := srv.Listen(pc)
 	if err != nil {
 		return err
