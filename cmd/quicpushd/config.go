@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/alecthomas/kong"
+	"go.yaml.in/yaml/v3"
+)
+
+// flags are quicpushd's settings. Each comes, first found, from the command
+// line, the environment (QUICPUSH_<FLAG>), the --config file, or the default.
+type flags struct {
+	Listen    string `default:":4433" env:"QUICPUSH_LISTEN" placeholder:"ADDR" help:"UDP address to serve QUIC on (default: ${default})."`
+	Data      string `default:"./data" env:"QUICPUSH_DATA" placeholder:"DIR" help:"Directory of the store, the server's persisted keys and the dev certificates (DIR/certs/ca.pem is the CA clients need when no --cert is given) (default: ${default})."`
+	Cert      string `env:"QUICPUSH_CERT" and:"cert" placeholder:"FILE" help:"PEM certificate chain to serve (with --key); default: a dev certificate signed by a generated CA. SIGHUP reloads it."`
+	Key       string `env:"QUICPUSH_KEY" and:"cert" placeholder:"FILE" help:"PEM private key of --cert."`
+	Admin     string `default:"127.0.0.1:8080" env:"QUICPUSH_ADMIN" placeholder:"ADDR" help:"TCP address of the admin HTTP server (/healthz, /readyz) (default: ${default})."`
+	Config    string `env:"QUICPUSH_CONFIG" placeholder:"FILE" help:"YAML or JSON file whose keys are these flags' names (listen, data, log-level...)."`
+	LogLevel  string `default:"info" enum:"debug,info,warn,error" env:"QUICPUSH_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
+	LogFormat string `default:"text" enum:"text,json" env:"QUICPUSH_LOG_FORMAT" help:"Log format on stderr: text or json."`
+}
+
+// BeforeResolve loads the --config file (given as a flag or in
+// QUICPUSH_CONFIG; kong.ConfigFlag would miss the latter) before kong
+// resolves the flags not set on the command line.
+func (f *flags) BeforeResolve(ctx *kong.Context) error {
+	for _, fl := range ctx.Flags() {
+		if fl.Name != "config" {
+			continue
+		}
+		path, _ := ctx.FlagValue(fl).(string)
+		if path == "" {
+			return nil
+		}
+		file, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		defer file.Close()
+		r, err := loadConfig(path, file)
+		if err != nil {
+			return err
+		}
+		ctx.AddResolver(r)
+	}
+	return nil
+}
+
+// configResolver resolves flags from a decoded config file.
+type configResolver struct {
+	path   string
+	values map[string]any
+}
+
+func loadConfig(path string, r io.Reader) (*configResolver, error) {
+	values := map[string]any{}
+	// JSON is YAML too.
+	if err := yaml.NewDecoder(r).Decode(&values); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	return &configResolver{path: path, values: values}, nil
+}
+
+// Validate rejects keys that are no flag, so that a typo is not ignored.
+func (c *configResolver) Validate(app *kong.Application) error {
+	var known []string
+	for _, f := range app.Flags {
+		if f.Name != "help" && f.Name != "config" {
+			known = append(known, f.Name)
+		}
+	}
+	var unknown []string
+	for k := range c.values {
+		if !slices.Contains(known, k) {
+			unknown = append(unknown, fmt.Sprintf("%q", k))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("--config %s: unknown key %s (keys are the flag names: %s)", c.path, strings.Join(unknown, ", "), strings.Join(known, ", "))
+	}
+	return nil
+}
+
+// Resolve gives the file's value for flag, unless the environment sets it:
+// the environment overrides the file.
+func (c *configResolver) Resolve(_ *kong.Context, _ *kong.Path, flag *kong.Flag) (any, error) {
+	for _, env := range flag.Envs {
+		if _, ok := os.LookupEnv(env); ok {
+			return nil, nil
+		}
+	}
+	return c.values[flag.Name], nil
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var l slog.Level
+	l.UnmarshalText([]byte(level)) // kong's enum has checked it
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
