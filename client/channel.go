@@ -13,12 +13,12 @@ import (
 // missing seq into a repair request.
 //
 // Every field below mu is guarded by it; the handler runs on the channel's
-// own goroutine, never under mu.
+// own goroutine, never under mu. Lock order: Session.mu before channel.mu.
 type channel struct {
 	s       *Session
 	name    string
 	h       Handler
-	onGap   func(Gap)
+	onGap   func(Gap) error
 	onError func(error)
 
 	mu         sync.Mutex
@@ -27,7 +27,7 @@ type channel struct {
 	head       uint64 // highest seq known to exist
 	havePos    bool   // queued is a real position (saved, or given by Since)
 	buf        map[uint64]Message
-	live       bool // Subscribed arrived on the current connection
+	live       *connection // the connection Subscribed arrived on; nil when none
 	repairing  bool
 	repairFrom uint64 // the first seq the repair in flight asked for
 	holeTimer  *time.Timer
@@ -47,7 +47,7 @@ type item struct {
 	save *Position
 }
 
-func newChannel(s *Session, name string, h Handler, onGap func(Gap), onError func(error)) *channel {
+func newChannel(s *Session, name string, h Handler, onGap func(Gap) error, onError func(error)) *channel {
 	ch := &channel{
 		s: s, name: name, h: h, onGap: onGap, onError: onError, buf: map[uint64]Message{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
@@ -67,7 +67,7 @@ func (ch *channel) subscribeFrame(requestID uint64) *pb.Frame {
 	return &pb.Frame{Body: &pb.Frame_Subscribe{Subscribe: sub}}
 }
 
-func (ch *channel) onSubscribed(sub *pb.Subscribed) {
+func (ch *channel) onSubscribed(conn *connection, sub *pb.Subscribed) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if sub.Reset_ {
@@ -87,7 +87,7 @@ func (ch *channel) onSubscribed(sub *pb.Subscribed) {
 		ch.head = max(ch.head, sub.Head)
 	}
 	ch.havePos = true
-	ch.live = true
+	ch.live = conn
 	ch.skipExpired(sub.FirstRetained)
 	ch.evaluate(true)
 }
@@ -172,7 +172,7 @@ func (ch *channel) drain() {
 // hole seen in the live push (holes found within the merge window of each
 // other end up in the same request, as it covers up to the head).
 func (ch *channel) evaluate(now bool) {
-	if ch.head <= ch.queued || ch.repairing || !ch.live || ch.closed {
+	if ch.head <= ch.queued || ch.repairing || ch.live == nil || ch.closed {
 		return
 	}
 	if now {
@@ -184,11 +184,7 @@ func (ch *channel) evaluate(now bool) {
 		return
 	}
 	if ch.holeTimer == nil {
-		conn := ch.s.connection()
-		if conn == nil {
-			return
-		}
-		wait := conn.params.holeWait + conn.params.mergeWindow
+		wait := ch.live.params.holeWait + ch.live.params.mergeWindow
 		ch.holeTimer = time.AfterFunc(wait, func() {
 			ch.mu.Lock()
 			defer ch.mu.Unlock()
@@ -199,10 +195,7 @@ func (ch *channel) evaluate(now bool) {
 }
 
 func (ch *channel) startRepair() {
-	conn := ch.s.connection()
-	if conn == nil {
-		return
-	}
+	conn := ch.live
 	from := ch.queued + 1
 	to := min(ch.head, ch.queued+uint64(conn.params.repairBatch))
 	ch.repairing = true
@@ -229,7 +222,7 @@ func (ch *channel) onRepairEnd(end *pb.RepairEnd) {
 func (ch *channel) onDisconnect() {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	ch.live = false
+	ch.live = nil
 	if ch.holeTimer != nil {
 		ch.holeTimer.Stop()
 		ch.holeTimer = nil
@@ -268,12 +261,19 @@ func (ch *channel) deliver() {
 					return
 				default:
 				}
+				var err error
 				if it.gap != nil {
 					if ch.onGap != nil {
-						ch.onGap(*it.gap)
+						err = ch.onGap(*it.gap)
 					}
 				} else {
-					ch.h(it.msg)
+					err = ch.h(it.msg)
+				}
+				if err != nil {
+					// Not handled: the position stays before it, and the
+					// subscription ends.
+					ch.s.stop(ch, err)
+					return
 				}
 				if it.save != nil {
 					if err := ch.s.c.cfg.State.Save(ch.name, *it.save); err != nil {
@@ -286,17 +286,22 @@ func (ch *channel) deliver() {
 	}
 }
 
+// close stops the channel and waits for its handler to return.
 func (ch *channel) close() {
+	ch.shutdown()
+	<-ch.done
+}
+
+// shutdown stops the channel without waiting (its own goroutine calls it).
+func (ch *channel) shutdown() {
 	ch.mu.Lock()
+	defer ch.mu.Unlock()
 	if ch.closed {
-		ch.mu.Unlock()
 		return
 	}
 	ch.closed = true
 	if ch.holeTimer != nil {
 		ch.holeTimer.Stop()
 	}
-	ch.mu.Unlock()
 	close(ch.stop)
-	<-ch.done
 }

@@ -133,6 +133,7 @@ type Client struct {
 	cur      *connection // nil while disconnected
 	ready    chan struct{}
 	sessions map[string]*Session
+	owners   map[string]string // subscribed channel -> its session
 	closed   bool
 }
 
@@ -161,7 +162,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
 		cfg: cfg, addr: raddr, log: cfg.Logger, net: nw, tls: t,
-		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{},
+		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{}, owners: map[string]string{},
 	}
 	conn, err := c.connect(ctx)
 	if err != nil {
@@ -254,6 +255,9 @@ func (c *Client) run(conn *connection) {
 				c.stop(err)
 				return
 			}
+			if c.ctx.Err() != nil {
+				return // closed meanwhile
+			}
 			c.log.Warn("reconnect failed", "err", err, "retry_in", backoff)
 			wait = backoff
 		}
@@ -335,6 +339,24 @@ func (c *Client) notify(s State) {
 	if c.cfg.OnState != nil {
 		c.cfg.OnState(s)
 	}
+}
+
+// claim reserves channel for one subscription of this client: positions
+// are kept per channel, so a channel is subscribed once per client.
+func (c *Client) claim(channel, session string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if owner, ok := c.owners[channel]; ok {
+		return fmt.Errorf("client: %s is already subscribed (in session %s); a channel is subscribed once per client", channel, owner)
+	}
+	c.owners[channel] = session
+	return nil
+}
+
+func (c *Client) release(channel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.owners, channel)
 }
 
 // goTracked runs f on a goroutine that Close waits for.

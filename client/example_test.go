@@ -57,7 +57,7 @@ func Example() {
 	defer student.Close()
 	got := make(chan client.Message)
 	_, err = student.Session("classroom").Subscribe(ctx, "room/math-101", client.SubscribeOptions{},
-		func(m client.Message) { got <- m })
+		func(m client.Message) error { got <- m; return nil })
 	if err != nil {
 		panic(err)
 	}

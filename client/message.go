@@ -46,9 +46,12 @@ const (
 )
 
 // Handler handles one message. Messages of a channel are handed over one at
-// a time, reliable ones in seq order and each once; a message counts as
-// handled (its position saved, then acknowledged) when Handler returns.
-type Handler func(Message)
+// a time, reliable ones in seq order and each once. Returning nil marks the
+// message handled: its position is saved, then acknowledged. Returning an
+// error ends the subscription with the message not handled, so the next
+// subscription from the saved position (after a restart, say) gets it
+// again; the error goes to SubscribeOptions.OnError.
+type Handler func(Message) error
 
 func messageFrom(p *pb.Push, repaired bool) Message {
 	return Message{

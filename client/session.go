@@ -47,12 +47,6 @@ func newSession(c *Client, name string) *Session {
 	}
 }
 
-func (s *Session) connection() *connection {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conn
-}
-
 // resume opens the session's stream on conn and replays its state: a
 // subscribe per channel from its position, and every unacknowledged publish.
 func (s *Session) resume(conn *connection) {
@@ -138,7 +132,7 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 			delete(s.subReqs, b.Subscribed.RequestId)
 			s.mu.Unlock()
 			if ch := s.channel(b.Subscribed.Channel); ch != nil {
-				ch.onSubscribed(b.Subscribed)
+				ch.onSubscribed(conn, b.Subscribed)
 			}
 			s.answerSubscribe(b.Subscribed.Channel, nil)
 		case *pb.Frame_PublishAck:
@@ -188,7 +182,10 @@ func (s *Session) onError(conn *connection, e *stream.Error, requestID uint64) {
 func (s *Session) refused(channel string, e *stream.Error) {
 	s.mu.Lock()
 	ch := s.channels[channel]
-	delete(s.channels, channel)
+	if ch != nil {
+		delete(s.channels, channel)
+		s.c.release(channel)
+	}
 	wait := s.subWait[channel]
 	delete(s.subWait, channel)
 	s.mu.Unlock()
@@ -206,6 +203,24 @@ func (s *Session) refused(channel string, e *stream.Error) {
 			ch.onError(e)
 		}
 	}()
+}
+
+// stop ends a subscription whose handler returned err; called on the
+// channel's own goroutine.
+func (s *Session) stop(ch *channel, err error) {
+	s.mu.Lock()
+	if s.channels[ch.name] == ch {
+		delete(s.channels, ch.name)
+		s.c.release(ch.name)
+		if s.send != nil {
+			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: ch.name}}})
+		}
+	}
+	s.mu.Unlock()
+	ch.shutdown()
+	if ch.onError != nil {
+		ch.onError(err)
+	}
 }
 
 // resubscribe sends a subscription again after a retryable refusal.
@@ -232,12 +247,13 @@ type SubscribeOptions struct {
 	// user's own channels ("user/<user>...") after the acknowledged cursor.
 	Since *uint64
 	// OnGap is told of seqs that will never be handed over; it runs on the
-	// channel's goroutine, in order with the handler.
-	OnGap func(Gap)
-	// OnError is told when the server refuses to resume the subscription
-	// after a reconnect (say, the channel became forbidden); the
-	// subscription has ended then. Refusals of the first subscribe are
-	// returned by Subscribe instead.
+	// channel's goroutine, in order with the handler, and like the handler
+	// ends the subscription by returning an error.
+	OnGap func(Gap) error
+	// OnError is told why the subscription ended on its own: the handler or
+	// OnGap returned an error, or the server refused to resume it after a
+	// reconnect (say, the channel became forbidden). Refusals of the first
+	// subscribe are returned by Subscribe instead.
 	OnError func(error)
 }
 
@@ -265,12 +281,11 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 	case opts.Since != nil:
 		ch.queued, ch.havePos = *opts.Since, true
 	}
-	s.mu.Lock()
-	if _, dup := s.channels[channel]; dup {
-		s.mu.Unlock()
+	if err := s.c.claim(channel, s.name); err != nil {
 		ch.close()
-		return nil, fmt.Errorf("client: already subscribed to %s in session %s", channel, s.name)
+		return nil, err
 	}
+	s.mu.Lock()
 	s.channels[channel] = ch
 	// Wait for the server's answer, on this connection or, if it breaks
 	// meanwhile, on the next one (the resume subscribes again).
@@ -312,6 +327,7 @@ func (sub *Subscription) Close() {
 	s.mu.Lock()
 	if s.channels[sub.ch.name] == sub.ch {
 		delete(s.channels, sub.ch.name)
+		s.c.release(sub.ch.name)
 		if s.send != nil {
 			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: sub.ch.name}}})
 		}

@@ -164,7 +164,7 @@ func TestBadInputGetsItsErrorCode(t *testing.T) {
 	})
 	t.Run("subscribe to an invalid channel or beyond the head", func(t *testing.T) {
 		c := dial(t, ts, client.Config{})
-		_, err := c.Session("s").Subscribe(context.Background(), "room/x", client.SubscribeOptions{Since: seqPtr(1000)}, func(client.Message) {})
+		_, err := c.Session("s").Subscribe(context.Background(), "room/x", client.SubscribeOptions{Since: seqPtr(1000)}, func(client.Message) error { return nil })
 		require.ErrorIs(t, err, &stream.Error{Code: stream.InvalidRange})
 		rc := dialRaw(t, ts)
 		rc.hello()

@@ -24,9 +24,9 @@ func BenchmarkPublishDeliver(b *testing.B) {
 		latencies []time.Duration
 		delivered atomic.Int64
 	)
-	handle := func(m client.Message) {
+	handle := func(m client.Message) error {
 		if len(m.Data) < 8 {
-			return
+			return nil
 		}
 		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m.Data)))
 		d := time.Since(sent)
@@ -34,6 +34,7 @@ func BenchmarkPublishDeliver(b *testing.B) {
 		latencies = append(latencies, d)
 		mu.Unlock()
 		delivered.Add(1)
+		return nil
 	}
 	ctx := context.Background()
 	for i := 0; i < subscribers; i++ {

@@ -78,9 +78,9 @@ func TestSlowHandlerBoundedAndComplete(t *testing.T) {
 	ts := runServer(t, server.Config{})
 	rec := newRecorder()
 	c := dial(t, ts, client.Config{BufferLimit: 16})
-	_, err := c.Session("s").Subscribe(context.Background(), "room/slow", client.SubscribeOptions{Since: seqPtr(0)}, func(m client.Message) {
+	_, err := c.Session("s").Subscribe(context.Background(), "room/slow", client.SubscribeOptions{Since: seqPtr(0)}, func(m client.Message) error {
 		time.Sleep(200 * time.Microsecond)
-		rec.handle(m)
+		return rec.handle(m)
 	})
 	require.NoError(t, err)
 	pub := dial(t, ts, client.Config{})

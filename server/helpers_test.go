@@ -87,17 +87,19 @@ func newRecorder() *recorder {
 	return &recorder{seqs: map[string][]uint64{}, msgs: map[string][]client.Message{}}
 }
 
-func (r *recorder) handle(m client.Message) {
+func (r *recorder) handle(m client.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seqs[m.Channel] = append(r.seqs[m.Channel], m.Seq)
 	r.msgs[m.Channel] = append(r.msgs[m.Channel], m)
+	return nil
 }
 
-func (r *recorder) gap(g client.Gap) {
+func (r *recorder) gap(g client.Gap) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.gaps = append(r.gaps, g)
+	return nil
 }
 
 func (r *recorder) count(channel string) int {

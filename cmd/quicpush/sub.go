@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -203,8 +202,9 @@ func (p *printer) write(v any) bool {
 	return true
 }
 
-// refused ends the run when the server refuses to resume a subscription
-// after a reconnect: the channel would never deliver again.
+// refused ends the run when a subscription ends on its own: the server
+// refused to resume it after a reconnect (the channel would never deliver
+// again), or a message could not be printed (the run is over already).
 func (p *printer) refused(s subscription) func(error) {
 	return func(err error) {
 		p.mu.Lock()
@@ -222,32 +222,34 @@ func (p *printer) printed() int {
 	return p.n
 }
 
-// message returns the handler of a session's channels. The SDK saves a
-// message's position as soon as its handler returns, so a message that is
-// not printed (the count is reached, or stdout failed) must not return:
-// the handler ends the channel's delivery goroutine instead
-// (runtime.Goexit), leaving the message unhandled, to be handed over again
-// on the next run.
+// errNotPrinted ends a subscription whose message was not printed (the
+// count is reached, or stdout failed): the message stays unhandled, its
+// position unsaved, so the next run gets it.
+var errNotPrinted = errors.New("message not printed")
+
+// message returns the handler of a session's channels.
 func (p *printer) message(session string) client.Handler {
-	return func(m client.Message) {
+	return func(m client.Message) error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.stopped() || !p.write(newMessageLine(session, m)) {
-			runtime.Goexit()
+			return errNotPrinted
 		}
 		p.n++
 		if p.n == p.limit {
 			close(p.done)
 		}
+		return nil
 	}
 }
 
-func (p *printer) gap(session string) func(client.Gap) {
-	return func(g client.Gap) {
+func (p *printer) gap(session string) func(client.Gap) error {
+	return func(g client.Gap) error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.stopped() || !p.write(newGapLine(session, g)) {
-			runtime.Goexit()
+			return errNotPrinted
 		}
+		return nil
 	}
 }
