@@ -209,6 +209,10 @@ func (cfg Config) withDefaults() Config {
 	return cfg
 }
 
+// closeGrace bounds how long Close waits for the server to take the last
+// acknowledgements.
+const closeGrace = time.Second
+
 // stableAfter is how long a connection must last for the backoff to start
 // again from ReconnectMin: a server that accepts and at once drops clients
 // must not get them back in a tight loop.
@@ -424,15 +428,26 @@ func (c *Client) Close() error {
 	}
 	c.mu.Unlock()
 	for _, s := range sessions {
-		s.flushAcks()
+		s.close() // lets running handlers finish; stops hole timers, so no repair starts after Wait
 	}
 	if conn != nil {
+		// Say goodbye on every session stream (last acks, then FIN) and
+		// wait, briefly, for the server to close its side: closing the
+		// connection at once would drop acks still in flight.
+		deadline := time.After(closeGrace)
+		var finished []<-chan struct{}
+		for _, s := range sessions {
+			finished = append(finished, s.finish())
+		}
+		for _, f := range finished {
+			select {
+			case <-f:
+			case <-deadline:
+			}
+		}
 		conn.close(stream.NoError, "client closed")
 	}
 	c.cancel()
-	for _, s := range sessions {
-		s.close() // stops hole timers first, so no repair starts after Wait
-	}
 	c.wg.Wait()
 	c.notify(Closed)
 	c.mu.Lock()

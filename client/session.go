@@ -24,6 +24,7 @@ type Session struct {
 	mu       sync.Mutex
 	conn     *connection // the connection its stream is on; nil when none
 	send     *stream.Sender
+	readDone chan struct{} // closed when the stream's reader has stopped
 	channels map[string]*channel
 	nextReq  uint64
 	subReqs  map[uint64]string     // subscribe request id -> channel
@@ -86,7 +87,12 @@ func (s *Session) resume(conn *connection) {
 		return
 	}
 	r := stream.NewReader(bufio.NewReader(st), 0)
-	s.c.goTracked(func() { s.read(conn, r) })
+	done := make(chan struct{})
+	s.readDone = done
+	s.c.goTracked(func() {
+		defer close(done)
+		s.read(conn, r)
+	})
 }
 
 func (s *Session) detach(conn *connection) {
@@ -452,6 +458,25 @@ func (s *Session) completePublish(requestID uint64, res PublishResult, err error
 		p.res, p.err = res, err
 		close(p.done)
 	}
+}
+
+// finish sends the last acks and ends the session stream; the returned
+// channel closes when the server has ended its side too.
+func (s *Session) finish() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.send == nil {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	if s.ackTimer != nil {
+		s.ackTimer.Stop()
+		s.ackTimer = nil
+	}
+	s.send.SendFrames(s.ackFrames()...)
+	s.send.Close()
+	return s.readDone
 }
 
 func (s *Session) close() {

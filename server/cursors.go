@@ -36,6 +36,18 @@ func (w *cursorWriter) set(user, channel string, pos store.Position) {
 	w.dirty[k] = pos
 }
 
+// cursor returns user's acknowledged position on channel, counting acks
+// not yet written to the store.
+func (w *cursorWriter) cursor(ctx context.Context, user, channel string) (store.Position, error) {
+	w.mu.Lock()
+	pos, ok := w.dirty[cursorKey{user, channel}]
+	w.mu.Unlock()
+	if ok {
+		return pos, nil
+	}
+	return w.store.Cursor(ctx, user, channel)
+}
+
 func (w *cursorWriter) run(ctx context.Context) {
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
@@ -56,7 +68,12 @@ func (w *cursorWriter) flush(ctx context.Context) {
 	w.mu.Unlock()
 	for k, pos := range dirty {
 		if err := w.store.SetCursor(ctx, k.user, k.channel, pos); err != nil {
-			w.log.Warn("cannot save cursor", "user", k.user, "channel", k.channel, "err", err)
+			w.log.Warn("cannot save cursor, will retry", "user", k.user, "channel", k.channel, "err", err)
+			w.mu.Lock()
+			if _, newer := w.dirty[k]; !newer {
+				w.dirty[k] = pos
+			}
+			w.mu.Unlock()
 		}
 	}
 }

@@ -192,3 +192,29 @@ func TestIdempotentPublish(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, msgs, 2)
 }
+
+// A user's own channel starts at the user's acknowledged cursor: a second
+// device (no local state) picks up after what the first one handled, even
+// right after the first one closed (its last acks are not lost on Close).
+func TestOwnChannelStartsAtAckedCursor(t *testing.T) {
+	ts := runServer(t, server.Config{})
+	ctx := context.Background()
+	pub := dial(t, ts, client.Config{Token: "teacher"})
+	publishN(t, pub, "user/alice", 3)
+
+	rec := newRecorder()
+	phone := dial(t, ts, client.Config{Token: "alice"})
+	_, err := phone.Session("inbox").Subscribe(ctx, "user/alice", client.SubscribeOptions{}, rec.handle)
+	require.NoError(t, err)
+	rec.waitCount(t, "user/alice", 3, 5*time.Second)
+	require.NoError(t, phone.Close())
+	rec.requireExactly(t, "user/alice", 1, 3)
+
+	rec = newRecorder()
+	laptop := dial(t, ts, client.Config{Token: "alice"})
+	_, err = laptop.Session("inbox").Subscribe(ctx, "user/alice", client.SubscribeOptions{}, rec.handle)
+	require.NoError(t, err)
+	publishN(t, pub, "user/alice", 1)
+	rec.waitCount(t, "user/alice", 1, 5*time.Second)
+	rec.requireExactly(t, "user/alice", 4, 4)
+}

@@ -173,17 +173,20 @@ func (s *Server) tlsConfig() *tls.Config {
 	return t
 }
 
-// ListenAndServe listens on the UDP address addr and serves.
+// ListenAndServe listens on the UDP address addr and serves; the socket is
+// closed when Serve returns.
 func (s *Server) ListenAndServe(addr string) error {
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return fmt.Errorf("server: listen on %s: %w", addr, err)
 	}
+	defer pc.Close()
 	return s.Serve(pc)
 }
 
 // Listen starts listening on pc and returns the address; the accept loop
-// runs until Shutdown or Close. Serve is Listen followed by a wait.
+// runs until Shutdown or Close. Serve is Listen followed by a wait. The
+// caller owns pc and closes it after Close.
 func (s *Server) Listen(pc net.PacketConn) (net.Addr, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -101,7 +101,7 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 	// A client with no position on its own channel starts at its cursor.
 	var cursor *store.Position
 	if req.Start == pb.Start_START_DEFAULT && ownChannel(s.c.user, req.Channel) {
-		cur, err := s.c.s.cfg.Store.Cursor(ctx, s.c.user, req.Channel)
+		cur, err := s.c.s.cursors.cursor(ctx, s.c.user, req.Channel)
 		if err != nil {
 			return storeErr(err)
 		}
