@@ -11,14 +11,29 @@ import (
 
 	"github.com/quicpush/quicpush/client"
 	"github.com/quicpush/quicpush/server"
+	"github.com/quicpush/quicpush/store"
+	"github.com/quicpush/quicpush/store/memstore"
 )
 
 // BenchmarkPublishDeliver: 1 channel x 100 subscribers over real QUIC on
 // loopback, a publisher that waits for each ack. Reports deliveries/s and
-// publish -> deliver latency percentiles.
+// publish -> deliver latency percentiles, with the in-memory store and with
+// Badger (fsync per group commit).
 func BenchmarkPublishDeliver(b *testing.B) {
+	b.Run("store=memory", func(b *testing.B) { benchPublishDeliver(b, memstore.New(memstore.Options{})) })
+	b.Run("store=badger", func(b *testing.B) {
+		db, err := store.Open(b.TempDir(), store.Options{Logger: quietLog})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() }) // after the server's own cleanup
+		benchPublishDeliver(b, db)
+	})
+}
+
+func benchPublishDeliver(b *testing.B, st server.Store) {
 	const subscribers = 100
-	ts := runServer(b, server.Config{})
+	ts := runServer(b, server.Config{Store: st})
 	var (
 		mu        sync.Mutex
 		latencies []time.Duration
