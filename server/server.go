@@ -100,6 +100,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxPublishesInFlight <= 0 {
 		c.MaxPublishesInFlight = 1024
 	}
+	if c.Heartbeat < time.Second || c.Heartbeat > 2*time.Minute {
+		return c, fmt.Errorf("server: Heartbeat %v must be between 1s and 2m (what clients accept)", c.Heartbeat)
+	}
 	if c.IdleTimeout < 2*c.Heartbeat {
 		return c, fmt.Errorf("server: IdleTimeout %v must be at least 2x Heartbeat %v", c.IdleTimeout, c.Heartbeat)
 	}

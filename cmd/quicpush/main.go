@@ -56,6 +56,7 @@ type cli struct {
 	Sub     subCmd     `cmd:"" help:"Subscribe to channels and print each message handed over."`
 	Pub     pubCmd     `cmd:"" help:"Publish messages to a channel and print each acknowledgement."`
 	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
+	Netem   netemCmd   `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
 }
 
 func (c *cli) Validate() error {

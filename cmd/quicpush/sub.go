@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -16,13 +17,15 @@ import (
 )
 
 type subCmd struct {
-	Channels []string      `arg:"" name:"channel" help:"Channels to subscribe to. SESSION:CHANNEL puts a channel on its own business session (e.g. classroom:room/math-101 chat:user/alice), so several sessions share one connection; a channel whose name holds ':' must be given with its session."`
-	Session  string        `default:"default" env:"QUICPUSH_SUB_SESSION" help:"Session of the channels given without one."`
-	Since    *uint64       `env:"QUICPUSH_SUB_SINCE" placeholder:"SEQ" help:"Start after this seq (0: from the first) when --state has no position for the channel; default: live from the head (a user's own channels user/NAME: after its acknowledged cursor)."`
-	Count    int           `env:"QUICPUSH_SUB_COUNT" placeholder:"N" help:"Exit 0 once N messages (over all channels; gaps do not count) were printed; default: run until interrupted."`
-	Timeout  time.Duration `env:"QUICPUSH_SUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 30s): with --count, exit 1 unless all N arrived; without, stop and exit 0."`
-	State    string        `type:"path" env:"QUICPUSH_SUB_STATE" placeholder:"FILE" help:"Persist handled positions in FILE (crash-safe), so that a restarted sub goes on right after them."`
-	parsed   []subscription
+	Channels     []string      `arg:"" name:"channel" help:"Channels to subscribe to. SESSION:CHANNEL puts a channel on its own business session (e.g. classroom:room/math-101 chat:user/alice), so several sessions share one connection; a channel whose name holds ':' must be given with its session."`
+	Session      string        `default:"default" env:"QUICPUSH_SUB_SESSION" help:"Session of the channels given without one."`
+	Since        *uint64       `env:"QUICPUSH_SUB_SINCE" placeholder:"SEQ" help:"Start after this seq (0: from the first) when --state has no position for the channel; default: live from the head (a user's own channels user/NAME: after its acknowledged cursor)."`
+	Count        int           `env:"QUICPUSH_SUB_COUNT" placeholder:"N" help:"Exit 0 once N messages (over all channels; gaps do not count) were printed; default: run until interrupted."`
+	Timeout      time.Duration `env:"QUICPUSH_SUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 30s): with --count, exit 1 unless all N arrived; without, stop and exit 0."`
+	State        string        `type:"path" env:"QUICPUSH_SUB_STATE" placeholder:"FILE" help:"Persist handled positions in FILE (crash-safe), so that a restarted sub goes on right after them."`
+	MigrateEvery time.Duration `env:"QUICPUSH_SUB_MIGRATE_EVERY" placeholder:"D" help:"Every D, move to a new network as a phone would: a new local port, or the next 127.0.0.x address when the server is on loopback (connection migration; a reconnect when it cannot)."`
+	Stats        bool          `env:"QUICPUSH_SUB_STATS" help:"On exit, print a last line {\"stats\":{connects,used_0rtt,migrations,reconnects}}."`
+	parsed       []subscription
 }
 
 type subscription struct{ session, channel string }
@@ -95,6 +98,12 @@ func (c *subCmd) Run(ctx context.Context, e *env) error {
 			return subscribeError(s, err)
 		}
 		e.log.Info("subscribed", "session", s.session, "channel", s.channel)
+	}
+	if c.Stats {
+		defer func() { p.writeStats(cl.Stats()) }()
+	}
+	if c.MigrateEvery > 0 {
+		go migrateEvery(ctx, cl, e, c.MigrateEvery)
 	}
 	select {
 	case <-p.done:
@@ -252,4 +261,46 @@ func (p *printer) gap(session string) func(client.Gap) error {
 		}
 		return nil
 	}
+}
+
+// migrateEvery moves the client to a new local address every d until ctx
+// ends: the next 127.0.0.x when the server is on IPv4 loopback (a new
+// "interface"), otherwise a new port on any address.
+func migrateEvery(ctx context.Context, cl *client.Client, e *env, d time.Duration) {
+	host, _, _ := net.SplitHostPort(e.g.Server)
+	loopback := net.ParseIP(host).IsLoopback() && net.ParseIP(host).To4() != nil
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for n := 2; ; n = n%250 + 2 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		local := ":0"
+		if loopback {
+			local = fmt.Sprintf("127.0.0.%d:0", n)
+		}
+		if err := cl.Migrate(ctx, local); err != nil && ctx.Err() == nil {
+			e.log.Warn("cannot move to a new network", "local", local, "err", err)
+		}
+	}
+}
+
+// statsLine is sub's last line with --stats.
+type statsLine struct {
+	Stats struct {
+		Connects   uint64 `json:"connects"`
+		Used0RTT   uint64 `json:"used_0rtt"`
+		Migrations uint64 `json:"migrations"`
+		Reconnects uint64 `json:"reconnects"`
+	} `json:"stats"`
+}
+
+func (p *printer) writeStats(st client.Stats) {
+	var l statsLine
+	l.Stats.Connects, l.Stats.Used0RTT, l.Stats.Migrations, l.Stats.Reconnects = st.Connects, st.Used0RTT, st.Migrations, st.Reconnects
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	writeLine(p.w, l)
 }

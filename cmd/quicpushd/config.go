@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/alecthomas/kong"
 	"go.yaml.in/yaml/v3"
@@ -16,14 +17,15 @@ import (
 // flags are quicpushd's settings. Each comes, first found, from the command
 // line, the environment (QUICPUSH_<FLAG>), the --config file, or the default.
 type flags struct {
-	Listen    string `default:":4433" env:"QUICPUSH_LISTEN" placeholder:"ADDR" help:"UDP address to serve QUIC on (default: ${default})."`
-	Data      string `default:"./data" env:"QUICPUSH_DATA" placeholder:"DIR" help:"Directory of the store, the server's persisted keys and the dev certificates (DIR/certs/ca.pem is the CA clients need when no --cert is given) (default: ${default})."`
-	Cert      string `env:"QUICPUSH_CERT" and:"cert" placeholder:"FILE" help:"PEM certificate chain to serve (with --key); default: a dev certificate signed by a generated CA. SIGHUP reloads it."`
-	Key       string `env:"QUICPUSH_KEY" and:"cert" placeholder:"FILE" help:"PEM private key of --cert."`
-	Admin     string `default:"127.0.0.1:8080" env:"QUICPUSH_ADMIN" placeholder:"ADDR" help:"TCP address of the admin HTTP server (/healthz, /readyz) (default: ${default})."`
-	Config    string `env:"QUICPUSH_CONFIG" placeholder:"FILE" help:"YAML or JSON file whose keys are these flags' names (listen, data, log-level...)."`
-	LogLevel  string `default:"info" enum:"debug,info,warn,error" env:"QUICPUSH_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
-	LogFormat string `default:"text" enum:"text,json" env:"QUICPUSH_LOG_FORMAT" help:"Log format on stderr: text or json."`
+	Listen    string        `default:":4433" env:"QUICPUSH_LISTEN" placeholder:"ADDR" help:"UDP address to serve QUIC on (default: ${default})."`
+	Data      string        `default:"./data" env:"QUICPUSH_DATA" placeholder:"DIR" help:"Directory of the store, the server's persisted keys and the dev certificates (DIR/certs/ca.pem is the CA clients need when no --cert is given) (default: ${default})."`
+	Cert      string        `env:"QUICPUSH_CERT" and:"cert" placeholder:"FILE" help:"PEM certificate chain to serve (with --key); default: a dev certificate signed by a generated CA. SIGHUP reloads it."`
+	Key       string        `env:"QUICPUSH_KEY" and:"cert" placeholder:"FILE" help:"PEM private key of --cert."`
+	Admin     string        `default:"127.0.0.1:8080" env:"QUICPUSH_ADMIN" placeholder:"ADDR" help:"TCP address of the admin HTTP server (/healthz, /readyz) (default: ${default})."`
+	Config    string        `env:"QUICPUSH_CONFIG" placeholder:"FILE" help:"YAML or JSON file whose keys are these flags' names (listen, data, log-level...)."`
+	LogLevel  string        `default:"info" enum:"debug,info,warn,error" env:"QUICPUSH_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
+	LogFormat string        `default:"text" enum:"text,json" env:"QUICPUSH_LOG_FORMAT" help:"Log format on stderr: text or json."`
+	Heartbeat time.Duration `default:"15s" env:"QUICPUSH_HEARTBEAT" placeholder:"D" help:"How often clients send a heartbeat (idle connections close after 3x): shorter notices dead paths and restarted servers sooner, longer saves phone batteries; 15 s keeps most NAT mappings alive (default: ${default})."`
 }
 
 // BeforeResolve loads the --config file (given as a flag or in

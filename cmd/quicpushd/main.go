@@ -133,6 +133,7 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 		Store:             db,
 		TLSConfig:         tlsConf,
 		Logger:            log,
+		Heartbeat:         f.Heartbeat,
 		StatelessResetKey: (*quic.StatelessResetKey)(&keys.StatelessResetKey),
 		TokenGeneratorKey: (*quic.TokenGeneratorKey)(&keys.TokenGeneratorKey),
 	})
