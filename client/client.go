@@ -233,12 +233,12 @@ func (c *Client) run(conn *connection) {
 			c.stop(err)
 			return
 		}
-		if time.Since(began) >= stableAfter {
-			backoff = c.cfg.ReconnectMin
-		}
 		wait := backoff
 		if hint := conn.reconnectHint(); hint > 0 {
-			wait = hint
+			// The server asked us to move (GOAWAY): not a failure.
+			wait, backoff = hint, c.cfg.ReconnectMin
+		} else if time.Since(began) >= stableAfter {
+			backoff = c.cfg.ReconnectMin
 		}
 		for {
 			// Jitter between half and all of the wait: thousands of clients

@@ -54,15 +54,17 @@ type NetworkChange struct {
 
 // Stats are counters of the client's life, for apps and tests.
 type Stats struct {
-	Connects   uint64 // connections established, the first included
-	Used0RTT   uint64 // of those, how many resumed with 0-RTT
-	Migrations uint64 // network changes followed by migrating the connection
-	Reconnects uint64 // network changes followed by a new connection
-	LocalAddr  string // the current local address
+	Connects uint64 // connections established, the first included
+	Used0RTT uint64 // of those, how many resumed a TLS session with 0-RTT
+	// Migrations counts network changes (Migrate) that moved the connection;
+	// MigrationFallbacks those that needed a new connection instead.
+	Migrations         uint64
+	MigrationFallbacks uint64
+	LocalAddr          string // the current local address
 }
 
 type counters struct {
-	connects, used0RTT, migrations, reconnects atomic.Uint64
+	connects, used0RTT, migrations, fallbacks atomic.Uint64
 }
 
 // Stats returns the client's counters.
@@ -72,7 +74,7 @@ func (c *Client) Stats() Stats {
 	c.mu.Unlock()
 	return Stats{
 		Connects: c.stats.connects.Load(), Used0RTT: c.stats.used0RTT.Load(),
-		Migrations: c.stats.migrations.Load(), Reconnects: c.stats.reconnects.Load(),
+		Migrations: c.stats.migrations.Load(), MigrationFallbacks: c.stats.fallbacks.Load(),
 		LocalAddr: local,
 	}
 }
@@ -106,7 +108,7 @@ func (c *Client) Migrate(ctx context.Context, localAddr string) error {
 	if change.Migrated {
 		c.stats.migrations.Add(1)
 	} else {
-		c.stats.reconnects.Add(1)
+		c.stats.fallbacks.Add(1)
 		if conn != nil {
 			conn.goAwayMs.Store(1) // reconnect at once, not after a backoff
 			conn.close(stream.NoError, "network change")

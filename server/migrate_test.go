@@ -60,7 +60,7 @@ func TestMigrationThenReconnectLosesNothing(t *testing.T) {
 	require.False(t, changes[2].Migrated, "third hop must reconnect")
 	st := sub.Stats()
 	require.Equal(t, uint64(2), st.Migrations)
-	require.Equal(t, uint64(1), st.Reconnects)
+	require.Equal(t, uint64(1), st.MigrationFallbacks)
 	require.Contains(t, st.LocalAddr, "127.0.0.4:")
 }
 

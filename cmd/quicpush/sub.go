@@ -24,7 +24,7 @@ type subCmd struct {
 	Timeout      time.Duration `env:"QUICPUSH_SUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 30s): with --count, exit 1 unless all N arrived; without, stop and exit 0."`
 	State        string        `type:"path" env:"QUICPUSH_SUB_STATE" placeholder:"FILE" help:"Persist handled positions in FILE (crash-safe), so that a restarted sub goes on right after them."`
 	MigrateEvery time.Duration `env:"QUICPUSH_SUB_MIGRATE_EVERY" placeholder:"D" help:"Every D, move to a new network as a phone would: a new local port, or the next 127.0.0.x address when the server is on loopback (connection migration; a reconnect when it cannot)."`
-	Stats        bool          `env:"QUICPUSH_SUB_STATS" help:"On exit, print a last line {\"stats\":{connects,used_0rtt,migrations,reconnects}}."`
+	Stats        bool          `env:"QUICPUSH_SUB_STATS" help:"On exit, print a last line {\"stats\":{connects,reconnects,used_0rtt,migrations,migration_fallbacks}}."`
 	parsed       []subscription
 }
 
@@ -290,16 +290,19 @@ func migrateEvery(ctx context.Context, cl *client.Client, e *env, d time.Duratio
 // statsLine is sub's last line with --stats.
 type statsLine struct {
 	Stats struct {
-		Connects   uint64 `json:"connects"`
-		Used0RTT   uint64 `json:"used_0rtt"`
-		Migrations uint64 `json:"migrations"`
-		Reconnects uint64 `json:"reconnects"`
+		Connects           uint64 `json:"connects"`
+		Reconnects         uint64 `json:"reconnects"` // connections after the first, whatever the cause
+		Used0RTT           uint64 `json:"used_0rtt"`
+		Migrations         uint64 `json:"migrations"`
+		MigrationFallbacks uint64 `json:"migration_fallbacks"`
 	} `json:"stats"`
 }
 
 func (p *printer) writeStats(st client.Stats) {
 	var l statsLine
-	l.Stats.Connects, l.Stats.Used0RTT, l.Stats.Migrations, l.Stats.Reconnects = st.Connects, st.Used0RTT, st.Migrations, st.Reconnects
+	l.Stats.Connects, l.Stats.Used0RTT = st.Connects, st.Used0RTT
+	l.Stats.Reconnects = max(st.Connects, 1) - 1
+	l.Stats.Migrations, l.Stats.MigrationFallbacks = st.Migrations, st.MigrationFallbacks
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	writeLine(p.w, l)
