@@ -99,7 +99,11 @@ func (ch *channel) skipExpired(firstRetained uint64) {
 	to := min(firstRetained-1, ch.head)
 	for ch.queued < to {
 		if _, ok := ch.buf[ch.queued+1]; ok {
+			before := ch.queued
 			ch.drain()
+			if ch.queued == before {
+				return // the handler queue is full: the next repair goes on
+			}
 			continue
 		}
 		end := ch.queued + 1
@@ -277,9 +281,12 @@ func (ch *channel) deliver() {
 				}
 				if it.save != nil {
 					if err := ch.s.c.cfg.State.Save(ch.name, *it.save); err != nil {
+						// Not acknowledged either: the server's cursor must
+						// not run ahead of what a restart would resume from.
 						ch.s.c.log.Error("cannot save position", "channel", ch.name, "err", err)
+					} else {
+						ch.s.ack(ch.name, *it.save)
 					}
-					ch.s.ack(ch.name, *it.save)
 				}
 			}
 		}

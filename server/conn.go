@@ -304,7 +304,7 @@ func (c *conn) serveStream(st *quic.Stream) error {
 		defer c.closeSession(sess)
 		err := sess.run(r)
 		if err == io.EOF {
-			sess.send.Close() // the client ended the session: so do we
+			sess.end() // the client ended the session: so do we
 			return nil
 		}
 		return err

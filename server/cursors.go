@@ -40,12 +40,17 @@ func (w *cursorWriter) set(user, channel string, pos store.Position) {
 // not yet written to the store.
 func (w *cursorWriter) cursor(ctx context.Context, user, channel string) (store.Position, error) {
 	w.mu.Lock()
-	pos, ok := w.dirty[cursorKey{user, channel}]
+	pending, ok := w.dirty[cursorKey{user, channel}]
 	w.mu.Unlock()
-	if ok {
-		return pos, nil
+	stored, err := w.store.Cursor(ctx, user, channel)
+	if err != nil {
+		return stored, err
 	}
-	return w.store.Cursor(ctx, user, channel)
+	// A pending ack of another device may be behind the stored cursor.
+	if ok && (pending.Epoch != stored.Epoch || pending.Seq > stored.Seq) {
+		return pending, nil
+	}
+	return stored, nil
 }
 
 func (w *cursorWriter) run(ctx context.Context) {

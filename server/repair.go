@@ -28,6 +28,9 @@ func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
 	if err := stream.ValidateChannel(req.Channel); err != nil {
 		return fail(err.(*stream.Error))
 	}
+	if e := c.authorize(ActionSubscribe, req.Channel, false); e != nil {
+		return fail(e) // reading history is subscribing to the past
+	}
 	b, err := c.s.cfg.Store.Bounds(c.ctx, req.Channel)
 	if err != nil {
 		return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err))

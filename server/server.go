@@ -161,7 +161,7 @@ func (s *Server) quicConfig() *quic.Config {
 		MaxIdleTimeout:                   s.cfg.IdleTimeout,
 		Allow0RTT:                        true,
 		MaxIncomingStreams:               1000,
-		MaxIncomingUniStreams:            100,
+		MaxIncomingUniStreams:            -1, // the protocol uses none
 		EnableDatagrams:                  true,
 		EnableStreamResetPartialDelivery: true,
 	}

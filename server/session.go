@@ -25,21 +25,46 @@ type session struct {
 	subs map[string]struct{}
 
 	pubMu      sync.Mutex
+	pubCond    *sync.Cond // signalled when publishing ends
 	pubQueue   []*pb.Publish
 	inFlight   int // queued plus being appended
 	publishing bool
 }
 
 func newSession(c *conn, st *quic.Stream, name string) *session {
-	return &session{c: c, name: name, send: stream.NewSender(st, c.budget, c.onSendError), subs: map[string]struct{}{}}
+	s := &session{c: c, name: name, subs: map[string]struct{}{}}
+	s.pubCond = sync.NewCond(&s.pubMu)
+	s.send = stream.NewSender(st, c.budget, func(err error) {
+		if isStreamError(err) {
+			// The client reset or stopped this stream: end the session
+			// alone, by ending its reader too.
+			st.CancelRead(quic.StreamErrorCode(stream.NoError))
+			return
+		}
+		c.fail(err)
+	})
+	return s
 }
 
 // push queues encoded frames for the client; it never blocks (hub.fanOut
 // calls it under the hub's lock).
 func (s *session) push(b []byte) {
-	if err := s.send.Send(b); err != nil {
-		go s.c.fail(err)
+	if err := s.send.Send(b); errors.Is(err, stream.ErrQueueFull) {
+		go s.c.fail(err) // the budget is the connection's: it is too slow
 	}
+	// Other errors: the session's stream is gone, and so is the session.
+}
+
+// end finishes a session the client closed (FIN): no more pushes, the
+// publishes already taken are stored and acknowledged, then our FIN.
+func (s *session) end() {
+	s.unsubscribeAll()
+	s.pubMu.Lock()
+	for s.publishing {
+		s.pubCond.Wait()
+	}
+	s.pubMu.Unlock()
+	s.send.Close()
 }
 
 func (s *session) reply(f *pb.Frame) error { return s.send.SendFrames(f) }
@@ -197,6 +222,12 @@ func (s *session) publish(p *pb.Publish) error {
 		return s.replyError(e, p.RequestId, p.Channel)
 	}
 	if p.Class == pb.Class_CLASS_DROPPABLE {
+		// Like reliable ones, never fanned out from replayable 0-RTT data.
+		select {
+		case <-s.c.qc.HandshakeComplete():
+		case <-s.c.ctx.Done():
+			return nil
+		}
 		s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})
 		return s.reply(&pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: p.RequestId, Channel: p.Channel}}})
 	}
@@ -226,51 +257,101 @@ func (s *session) publishLoop() error {
 	select {
 	case <-s.c.qc.HandshakeComplete():
 	case <-s.c.ctx.Done():
+		s.stopPublishing()
 		return nil
 	}
 	for {
 		s.pubMu.Lock()
 		batch := s.nextPublishBatch()
 		if len(batch) == 0 {
+			// Under the same lock as publish's check: a publish queued
+			// after this starts a new loop.
 			s.publishing = false
+			s.pubCond.Broadcast()
 			s.pubMu.Unlock()
 			return nil
 		}
 		s.pubMu.Unlock()
-
-		reqs := make([]store.AppendRequest, len(batch))
-		for i, p := range batch {
-			reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data}
-		}
-		res, err := s.c.s.cfg.Store.Append(context.WithoutCancel(s.c.ctx), reqs)
 		var out []byte
-		for i, p := range batch {
-			var f *pb.Frame
-			if err != nil {
-				e := stream.Errorf(stream.StoreUnavailable, "publish to %s not stored: %v", p.Channel, err)
-				e.RetryAfterMs = 500
-				switch {
-				case errors.Is(err, store.ErrTooLarge):
-					e.Code, e.RetryAfterMs = stream.MessageTooLarge, 0
-				case errors.Is(err, store.ErrInvalid):
-					e.Code, e.RetryAfterMs = stream.BadRequest, 0
-				}
-				f = e.Frame()
-				f.GetError().RequestId, f.GetError().Channel = p.RequestId, p.Channel
-			} else {
-				f = &pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{
-					RequestId: p.RequestId, Channel: p.Channel, Epoch: res[i].Epoch, Seq: res[i].Seq, Duplicate: res[i].Duplicate,
-				}}}
-			}
-			out, _ = stream.AppendFrame(out, f)
+		for i, res := range s.store(batch) {
+			out, _ = stream.AppendFrame(out, publishReply(batch[i], res))
 		}
 		s.pubMu.Lock()
 		s.inFlight -= len(batch)
 		s.pubMu.Unlock()
 		if err := s.send.Send(out); err != nil {
-			return err
+			s.stopPublishing()
+			if errors.Is(err, stream.ErrQueueFull) {
+				return err
+			}
+			return nil // the session's stream is gone
 		}
 	}
+}
+
+// stopPublishing ends the publish loop early: the session is going away.
+func (s *session) stopPublishing() {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.pubQueue, s.publishing = nil, false
+	s.pubCond.Broadcast()
+}
+
+// publishResult is the store's answer to one publish.
+type publishResult struct {
+	store.AppendResult
+	err error
+}
+
+// store appends a batch in one call. When the store refuses the call as a
+// whole for what one request holds (too large, invalid), each publish is
+// appended alone, so that only the culprit fails.
+func (s *session) store(batch []*pb.Publish) []publishResult {
+	reqs := make([]store.AppendRequest, len(batch))
+	for i, p := range batch {
+		reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data}
+	}
+	ctx := context.WithoutCancel(s.c.ctx) // a publish taken is finished
+	out := make([]publishResult, len(batch))
+	res, err := s.c.s.cfg.Store.Append(ctx, reqs)
+	switch {
+	case err == nil:
+		for i := range out {
+			out[i].AppendResult = res[i]
+		}
+	case len(reqs) > 1 && (errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid)):
+		for i := range reqs {
+			one, err := s.c.s.cfg.Store.Append(ctx, reqs[i:i+1])
+			if out[i].err = err; err == nil {
+				out[i].AppendResult = one[0]
+			}
+		}
+	default:
+		for i := range out {
+			out[i].err = err
+		}
+	}
+	return out
+}
+
+// publishReply is the PublishAck, or the Error, answering p.
+func publishReply(p *pb.Publish, res publishResult) *pb.Frame {
+	if res.err == nil {
+		return &pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{
+			RequestId: p.RequestId, Channel: p.Channel, Epoch: res.Epoch, Seq: res.Seq, Duplicate: res.Duplicate,
+		}}}
+	}
+	e := stream.Errorf(stream.StoreUnavailable, "publish to %s not stored: %v", p.Channel, res.err)
+	e.RetryAfterMs = 500
+	switch {
+	case errors.Is(res.err, store.ErrTooLarge):
+		e.Code, e.RetryAfterMs = stream.MessageTooLarge, 0
+	case errors.Is(res.err, store.ErrInvalid):
+		e.Code, e.RetryAfterMs = stream.BadRequest, 0
+	}
+	f := e.Frame()
+	f.GetError().RequestId, f.GetError().Channel = p.RequestId, p.Channel
+	return f
 }
 
 // Bounds of one Append call, well inside what any store accepts in one.
