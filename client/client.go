@@ -34,9 +34,13 @@ type Config struct {
 	TLSConfig *tls.Config
 	// Token is sent in the hello; ClientID and DeviceID name this client in
 	// the server's logs. Zero DeviceID: a random one per Client.
-	Token    string
-	ClientID string
-	DeviceID string
+	Token string
+	// TokenSource, if set, gives the token instead of Token: for every
+	// hello, and before the current token expires (the server tells when),
+	// to refresh it on the open connection without reconnecting.
+	TokenSource func(ctx context.Context) (string, error)
+	ClientID    string
+	DeviceID    string
 	// State persists handled positions. Nil: a MemoryStore.
 	State PositionStore
 	// Logger; nil means slog.Default().
@@ -229,7 +233,7 @@ func (c *Client) run(conn *connection) {
 		began := time.Now()
 		<-conn.done
 		c.detach(conn)
-		if err := conn.terminalError(); err != nil {
+		if err := conn.terminalError(); err != nil && !c.renewable(err) {
 			c.stop(err)
 			return
 		}
@@ -255,7 +259,7 @@ func (c *Client) run(conn *connection) {
 				c.attach(conn)
 				break
 			}
-			if code, ok := stream.CodeOf(err); ok && code.Terminal() {
+			if code, ok := stream.CodeOf(err); ok && code.Terminal() && !c.renewable(err) {
 				c.stop(err)
 				return
 			}
@@ -266,6 +270,13 @@ func (c *Client) run(conn *connection) {
 			wait = backoff
 		}
 	}
+}
+
+// renewable reports whether a refusal may pass with a new token: the
+// TokenSource is asked again on every hello.
+func (c *Client) renewable(err error) bool {
+	code, _ := stream.CodeOf(err)
+	return code == stream.Unauthorized && c.cfg.TokenSource != nil
 }
 
 // stop ends the client after a terminal refusal: every waiting call
@@ -361,6 +372,18 @@ func (c *Client) release(channel string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.owners, channel)
+}
+
+// token returns the token for a hello.
+func (c *Client) token(ctx context.Context) (string, error) {
+	if c.cfg.TokenSource == nil {
+		return c.cfg.Token, nil
+	}
+	token, err := c.cfg.TokenSource(ctx)
+	if err != nil {
+		return "", fmt.Errorf("client: token source: %w", err)
+	}
+	return token, nil
 }
 
 // goTracked runs f on a goroutine that Close waits for.
@@ -473,8 +496,8 @@ func (c *Client) connect(ctx context.Context) (*connection, error) {
 	}
 	conn, err := newConnection(ctx, c, qc, nw)
 	if errors.Is(err, quic.Err0RTTRejected) {
-		// The server forgot our ticket (new keys): go on in 1-RTT, replaying
-		// the hello, which is all the early data held.
+		// The server forgot our ticket (new keys): go on in 1-RTT and say
+		// hello there.
 		if qc, err = qc.NextConnection(ctx); err == nil {
 			conn, err = newConnection(ctx, c, qc, nw)
 		}

@@ -31,6 +31,8 @@ type connection struct {
 	closeOnce sync.Once
 	goAwayMs  atomic.Uint32
 	lastPong  atomic.Int64 // unix nanos
+	features  uint64       // both sides have these
+	refreshes chan int64   // token expiries (unix ms) from Welcome and Refreshed
 }
 
 func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (*connection, error) {
@@ -53,8 +55,13 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (
 	st.SetPriority(0, false)
 	conn := &connection{c: c, qc: qc, nets: []*network{nw}, done: make(chan struct{})}
 	conn.control = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
+	token, err := c.token(ctx)
+	if err != nil {
+		return nil, err
+	}
 	err = conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{
-		Version: stream.Version, Minor: stream.MinorVersion, Token: c.cfg.Token, ClientId: c.cfg.ClientID, DeviceId: c.cfg.DeviceID,
+		Version: stream.Version, Minor: stream.MinorVersion, Features: stream.Features,
+		Token: token, ClientId: c.cfg.ClientID, DeviceId: c.cfg.DeviceID,
 	}}})
 	if err != nil {
 		return nil, err
@@ -92,9 +99,13 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (
 	}
 	conn.params = paramsFrom(w)
 	conn.user = w.User
+	conn.features = w.Features
+	conn.refreshes = make(chan int64, 1)
+	conn.refreshes <- w.TokenExpiresUnixMs
 	conn.lastPong.Store(time.Now().UnixNano())
 	c.goTracked(func() { conn.readControl(r) })
 	c.goTracked(conn.heartbeat)
+	c.goTracked(conn.refreshToken)
 	c.goTracked(func() {
 		<-qc.Context().Done()
 		conn.closeOnce.Do(func() { close(conn.done) })
@@ -117,6 +128,11 @@ func (conn *connection) readControl(r *stream.Reader) {
 			conn.goAwayMs.Store(max(1, b.GoAway.ReconnectAfterMs))
 			conn.close(stream.NoError, "going away")
 			return
+		case *pb.Frame_Refreshed:
+			select {
+			case conn.refreshes <- b.Refreshed.TokenExpiresUnixMs:
+			default:
+			}
 		case *pb.Frame_Error:
 			conn.c.log.Warn("server error", "err", stream.FromFrame(b.Error))
 		default:
@@ -127,7 +143,7 @@ func (conn *connection) readControl(r *stream.Reader) {
 }
 
 // heartbeat sends a Ping every interval; a connection with no Pong for two
-// intervals is stalled (a NAT rebinding, a dead path) and is replaced.
+// and a half intervals is stalled (a NAT rebinding, a dead path) and is replaced.
 // The padding makes the packet large enough for a restarted server to
 // answer with a stateless reset.
 func (conn *connection) heartbeat() {
@@ -166,6 +182,60 @@ func (conn *connection) terminalError() error {
 		return &stream.Error{Remote: true, Code: stream.ErrCode(ae.ErrorCode), Message: ae.ErrorMessage}
 	}
 	return nil
+}
+
+// refreshToken hands the server a fresh token from Config.TokenSource
+// before the current one expires (at four fifths of its remaining life),
+// so a long-lived connection is never cut for an expired token. A refused
+// or failed refresh is tried again until the expiry.
+func (conn *connection) refreshToken() {
+	if conn.c.cfg.TokenSource == nil || conn.features&stream.FeatureTokenRefresh == 0 {
+		return
+	}
+	var expires time.Time
+	for {
+		due := false
+		var wake <-chan time.Time
+		if !expires.IsZero() {
+			timer := time.NewTimer(max(time.Until(expires)*4/5, time.Second))
+			wake = timer.C
+			select {
+			case <-conn.done:
+			case ms := <-conn.refreshes:
+				expires = expiry(ms)
+			case <-wake:
+				due = true
+			}
+			timer.Stop()
+		} else {
+			select {
+			case <-conn.done:
+			case ms := <-conn.refreshes:
+				expires = expiry(ms)
+			}
+		}
+		if !conn.alive() {
+			return
+		}
+		if !due {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(conn.c.ctx, 10*time.Second)
+		token, err := conn.c.cfg.TokenSource(ctx)
+		cancel()
+		if err != nil {
+			conn.c.log.Warn("cannot get a fresh token", "err", err)
+			continue
+		}
+		conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Refresh{Refresh: &pb.Refresh{Token: token}}})
+	}
+}
+
+func expiry(unixMs int64) time.Time {
+	if unixMs <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(unixMs)
 }
 
 func (conn *connection) reconnectHint() time.Duration {

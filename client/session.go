@@ -270,8 +270,8 @@ type Subscription struct {
 }
 
 // Subscribe subscribes to channel, calling h for each message. It returns
-// once the server has accepted the subscription (or at once while
-// disconnected: the subscription starts when the client reconnects).
+// once the server has accepted the subscription, on this connection or,
+// while disconnected, on the next one; or when ctx ends.
 func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeOptions, h Handler) (*Subscription, error) {
 	if err := stream.ValidateChannel(channel); err != nil {
 		return nil, err

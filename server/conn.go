@@ -138,7 +138,8 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	c.control.Store(control)
 	cfg := &c.s.cfg
 	err = control.SendFrames(&pb.Frame{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
-		Version: stream.Version, Minor: stream.MinorVersion, ConnectionId: c.id, User: c.user,
+		Version: stream.Version, Minor: stream.MinorVersion, Features: hello.Features & stream.Features,
+		ConnectionId: c.id, User: c.user,
 		HeartbeatMs: ms(cfg.Heartbeat), HoleWaitMs: ms(cfg.HoleWait), MergeWindowMs: ms(cfg.MergeWindow),
 		RepairBatch: uint32(cfg.RepairBatch), MaxFrameSize: stream.MaxFrameSize, AckDelayMs: ms(cfg.AckDelay),
 		TokenExpiresUnixMs: unixMs(reply.ExpiresAt),

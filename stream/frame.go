@@ -30,6 +30,17 @@ const (
 	MinorVersion = 0
 )
 
+// Feature bits, exchanged in Hello and Welcome: a peer uses a feature only
+// when both sides announced it, so either side can be older.
+const (
+	// FeatureTokenRefresh: the client may send Refresh on the control
+	// stream, and the server answers Refreshed.
+	FeatureTokenRefresh uint64 = 1 << 0
+
+	// Features is every feature this implementation has.
+	Features = FeatureTokenRefresh
+)
+
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.
 func AppendFrame(b []byte, f *quicpushpb.Frame) ([]byte, error) {
 	n := proto.Size(f)

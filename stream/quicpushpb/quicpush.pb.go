@@ -905,8 +905,9 @@ type Ping struct {
 	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Padding []byte                 `protobuf:"bytes,2,opt,name=padding,proto3" json:"padding,omitempty"`
 	// The client's own path switches (migrations) on this connection. The
-	// server adds what it sees itself (NAT rebindings) to decide when the
-	// connection has used up its path changes.
+	// server takes the larger of this and the changes it saw itself (NAT
+	// rebindings, sampled at each Ping) to decide when the connection has
+	// used up its path changes.
 	PathChanges   uint32 `protobuf:"varint,3,opt,name=path_changes,json=pathChanges,proto3" json:"path_changes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
