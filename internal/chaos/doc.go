@@ -1,6 +1,6 @@
 // Package chaos holds the weak-network suite: the real quicpushd and
-// quicpush binaries, with the lossy relay (internal/netem) between them and
-// their clients, under loss, delay, reordering and duplication crossed with
+// quicpush sub binaries, with the lossy relay (internal/netem) between the
+// server and the subscriber (the publisher is on a good network), under loss, delay, reordering and duplication crossed with
 // NAT rebinding, connection migration, a blackout, a server SIGKILL and a
 // subscriber SIGKILL. Every cell asserts that every reliable message is
 // handed to the application exactly once and in order on every channel,
