@@ -168,7 +168,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 		cfg: cfg, addr: raddr, log: cfg.Logger, net: nw, tls: t,
 		ctx: cctx, cancel: cancel, ready: make(chan struct{}), sessions: map[string]*Session{}, owners: map[string]string{},
 	}
-	conn, err := c.connect(ctx)
+	conn, err := c.connect(ctx, cfg.DialTimeout)
 	if err != nil {
 		cancel()
 		nw.close()
@@ -217,6 +217,27 @@ func (cfg Config) withDefaults() Config {
 // acknowledgements.
 const closeGrace = time.Second
 
+// attemptCache is the session cache as one connection attempt sees it.
+// crypto/tls drops the ticket whenever a resumed handshake fails, to get rid
+// of a bad ticket; an attempt we abandoned (its time ran out during a
+// blackout) says nothing about the ticket, so it does not drop it, and the
+// next attempt still resumes with 0-RTT.
+type attemptCache struct {
+	tls.ClientSessionCache
+	ctx context.Context
+}
+
+func (a attemptCache) Put(key string, cs *tls.ClientSessionState) {
+	if cs == nil && a.ctx.Err() != nil {
+		return
+	}
+	a.ClientSessionCache.Put(key, cs)
+}
+
+// firstAttempt bounds the first reconnection attempt; each next one may
+// take twice as long, up to DialTimeout.
+const firstAttempt = 500 * time.Millisecond
+
 // stableAfter is how long a connection must last for the backoff to start
 // again from ReconnectMin: a server that accepts and at once drops clients
 // must not get them back in a tight loop.
@@ -244,6 +265,10 @@ func (c *Client) run(conn *connection) {
 		} else if time.Since(began) >= stableAfter {
 			backoff = c.cfg.ReconnectMin
 		}
+		// Short attempts first: an attempt whose first packets fell into a
+		// blackout waits for QUIC's doubling handshake timer, while a fresh
+		// attempt sends at once. Longer ones follow, for slow, lossy paths.
+		attempt := min(firstAttempt, c.cfg.DialTimeout)
 		for {
 			// Jitter between half and all of the wait: thousands of clients
 			// coming back at once spread out, and none comes back too early.
@@ -253,7 +278,8 @@ func (c *Client) run(conn *connection) {
 			case <-time.After(wait/2 + rand.N(wait/2+1)):
 			}
 			var err error
-			conn, err = c.connect(c.ctx)
+			conn, err = c.connect(c.ctx, attempt)
+			attempt = min(2*attempt, c.cfg.DialTimeout)
 			backoff = min(2*backoff, c.cfg.ReconnectMax)
 			if err == nil {
 				c.attach(conn)
@@ -480,14 +506,16 @@ func (c *Client) Close() error {
 }
 
 // connect dials, sends the hello and waits for the welcome.
-func (c *Client) connect(ctx context.Context) (*connection, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+func (c *Client) connect(ctx context.Context, timeout time.Duration) (*connection, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c.mu.Lock()
 	nw := c.net
 	c.mu.Unlock()
-	qc, err := nw.tr.DialEarly(ctx, c.addr, c.tls, &quic.Config{
-		HandshakeIdleTimeout: c.cfg.DialTimeout,
+	tlsConf := c.tls.Clone()
+	tlsConf.ClientSessionCache = attemptCache{c.tls.ClientSessionCache, ctx}
+	qc, err := nw.tr.DialEarly(ctx, c.addr, tlsConf, &quic.Config{
+		HandshakeIdleTimeout: timeout,
 		MaxIdleTimeout:       2 * heartbeatLimits[1],
 		MaxIncomingStreams:   -1, // the server opens no streams
 	})
