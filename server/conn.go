@@ -131,7 +131,9 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.user = reply.User
+	c.authMu.Lock()
+	c.user = reply.User // under authMu for DisconnectUser; set before any reader starts
+	c.authMu.Unlock()
 	c.setAuth(reply)
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	control := stream.NewSender(st, c.budget, c.onSendError)
@@ -221,6 +223,14 @@ func (c *conn) refresh(token string) error {
 	}
 	c.setAuth(reply)
 	return control.SendFrames(&pb.Frame{Body: &pb.Frame_Refreshed{Refreshed: &pb.Refreshed{TokenExpiresUnixMs: unixMs(reply.ExpiresAt)}}})
+}
+
+// userName is the connection's user ("" before the hello), for callers
+// outside the connection's goroutines.
+func (c *conn) userName() string {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	return c.user
 }
 
 // authorize asks Config.Authorize; nil when allowed.

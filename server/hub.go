@@ -98,6 +98,17 @@ func (h *hub) unsubscribe(sess *session, channel string) {
 	h.removeIfEmpty(ch)
 }
 
+// subscribers counts the sessions subscribed to channel.
+func (h *hub) subscribers(channel string) int {
+	ch := h.lookup(channel, false)
+	if ch == nil {
+		return 0
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return len(ch.subs)
+}
+
 // fanOut is the store's Watch callback: it must not block. Consecutive
 // messages of one channel are encoded into one buffer and queued for each
 // subscriber with one call, so a burst becomes few stream writes.
