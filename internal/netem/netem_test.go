@@ -333,7 +333,10 @@ func TestBandwidth(t *testing.T) {
 	require.Greater(t, st.DroppedQueue, uint64(30))
 	got := srv.received()
 	spread := got[len(got)-1].at.Sub(got[0].at)
-	require.GreaterOrEqual(t, spread, time.Duration(len(got)-2)*5*time.Millisecond, "paced at the link's rate")
+	// Paced, not a burst (which would arrive within a millisecond or two):
+	// at least half the ideal spread, so a loaded machine's late timers
+	// do not fail the test.
+	require.GreaterOrEqual(t, spread, time.Duration(len(got)-1)*5*time.Millisecond/2, "paced at the link's rate")
 }
 
 func TestBlackout(t *testing.T) {
