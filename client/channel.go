@@ -19,6 +19,7 @@ type channel struct {
 	name    string
 	h       Handler
 	onGap   func(Gap) error
+	onShed  func(Shed)
 	onError func(error)
 
 	mu         sync.Mutex
@@ -28,6 +29,7 @@ type channel struct {
 	havePos    bool   // queued is a real position (saved, or given by Since)
 	buf        map[uint64]Message
 	live       *connection // the connection Subscribed arrived on; nil when none
+	params     params      // the session's parameters on live
 	repairing  bool
 	repairFrom uint64 // the first seq the repair in flight asked for
 	holeTimer  *time.Timer
@@ -44,12 +46,13 @@ type channel struct {
 type item struct {
 	msg  Message
 	gap  *Gap
+	shed *Shed
 	save *Position
 }
 
-func newChannel(s *Session, name string, h Handler, onGap func(Gap) error, onError func(error)) *channel {
+func newChannel(s *Session, name string, h Handler, opts SubscribeOptions) *channel {
 	ch := &channel{
-		s: s, name: name, h: h, onGap: onGap, onError: onError, buf: map[uint64]Message{},
+		s: s, name: name, h: h, onGap: opts.OnGap, onShed: opts.OnShed, onError: opts.OnError, buf: map[uint64]Message{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go ch.deliver()
@@ -67,7 +70,7 @@ func (ch *channel) subscribeFrame(requestID uint64) *pb.Frame {
 	return &pb.Frame{Body: &pb.Frame_Subscribe{Subscribe: sub}}
 }
 
-func (ch *channel) onSubscribed(conn *connection, sub *pb.Subscribed) {
+func (ch *channel) onSubscribed(conn *connection, p params, sub *pb.Subscribed) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if sub.Reset_ {
@@ -87,7 +90,7 @@ func (ch *channel) onSubscribed(conn *connection, sub *pb.Subscribed) {
 		ch.head = max(ch.head, sub.Head)
 	}
 	ch.havePos = true
-	ch.live = conn
+	ch.live, ch.params = conn, p
 	ch.skipExpired(sub.FirstRetained)
 	ch.evaluate(true)
 }
@@ -128,6 +131,9 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) {
 		return
 	}
 	if p.Class == pb.Class_CLASS_DROPPABLE {
+		// Never repaired and never waited for: a hole in droppable_seq is
+		// only counted (shed by the server, told by Shed, or lost).
+		ch.s.c.stats.droppable(p.Channel, p.DroppableSeq)
 		ch.enqueue(item{msg: messageFrom(p, repaired)})
 		return
 	}
@@ -150,6 +156,31 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) {
 	}
 	if !repaired {
 		ch.evaluate(false)
+	}
+}
+
+// onHeadNotice learns the head from the server, which stopped pushing (the
+// client fell behind, or the channel is in notify mode): pull up to it now.
+func (ch *channel) onHeadNotice(n *pb.HeadNotice) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || (ch.epoch != 0 && n.Epoch != ch.epoch) {
+		return // another history: the next subscribe sorts it out
+	}
+	if ch.epoch == 0 && ch.queued == 0 {
+		ch.epoch = n.Epoch
+	}
+	ch.head = max(ch.head, n.Head)
+	ch.evaluate(true)
+}
+
+// onShedNotice tells the application that count droppable messages were shed.
+func (ch *channel) onShedNotice(count uint64) {
+	ch.s.c.stats.droppableShed.Add(count)
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if !ch.closed {
+		ch.enqueue(item{shed: &Shed{Channel: ch.name, Count: count}})
 	}
 }
 
@@ -188,7 +219,7 @@ func (ch *channel) evaluate(now bool) {
 		return
 	}
 	if ch.holeTimer == nil {
-		wait := ch.live.params.holeWait + ch.live.params.mergeWindow
+		wait := ch.params.holeWait + ch.params.mergeWindow
 		ch.holeTimer = time.AfterFunc(wait, func() {
 			ch.mu.Lock()
 			defer ch.mu.Unlock()
@@ -201,7 +232,7 @@ func (ch *channel) evaluate(now bool) {
 func (ch *channel) startRepair() {
 	conn := ch.live
 	from := ch.queued + 1
-	to := min(ch.head, ch.queued+uint64(conn.params.repairBatch))
+	to := min(ch.head, ch.queued+uint64(ch.params.repairBatch))
 	ch.repairing = true
 	ch.repairFrom = from
 	epoch := ch.epoch
@@ -266,11 +297,19 @@ func (ch *channel) deliver() {
 				default:
 				}
 				var err error
-				if it.gap != nil {
+				switch {
+				case it.shed != nil:
+					if ch.onShed != nil {
+						ch.onShed(*it.shed)
+					}
+				case it.gap != nil:
 					if ch.onGap != nil {
 						err = ch.onGap(*it.gap)
 					}
-				} else {
+				default:
+					if it.msg.Droppable {
+						ch.s.c.stats.droppableDelivered.Add(1)
+					}
 					err = ch.h(it.msg)
 				}
 				if err != nil {

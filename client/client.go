@@ -101,6 +101,16 @@ func clampDur(ms uint32, def time.Duration, lim [2]time.Duration) time.Duration 
 	return min(max(time.Duration(ms)*time.Millisecond, lim[0]), lim[1])
 }
 
+// override applies a session's own parameters, clamped the same way.
+func (p params) override(o *pb.SessionOpened) params {
+	p.holeWait = clampDur(o.HoleWaitMs, p.holeWait, holeWaitLimits)
+	p.mergeWindow = clampDur(o.MergeWindowMs, p.mergeWindow, mergeWindowLimits)
+	if o.RepairBatch > 0 {
+		p.repairBatch = min(max(int(o.RepairBatch), repairBatchLimits[0]), repairBatchLimits[1])
+	}
+	return p
+}
+
 func paramsFrom(w *pb.Welcome) params {
 	d := defaultParams()
 	p := params{
@@ -394,6 +404,18 @@ func (c *Client) claim(channel, session string) error {
 	return nil
 }
 
+// subscription returns the channel's subscription, whichever session has
+// it (a channel is subscribed once per client), or nil.
+func (c *Client) subscription(channel string) *channel {
+	c.mu.Lock()
+	s := c.sessions[c.owners[channel]]
+	c.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return s.channel(channel)
+}
+
 func (c *Client) release(channel string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -517,7 +539,8 @@ func (c *Client) connect(ctx context.Context, timeout time.Duration) (*connectio
 	qc, err := nw.tr.DialEarly(ctx, c.addr, tlsConf, &quic.Config{
 		HandshakeIdleTimeout: timeout,
 		MaxIdleTimeout:       2 * heartbeatLimits[1],
-		MaxIncomingStreams:   -1, // the server opens no streams
+		MaxIncomingStreams:   -1,   // the server opens no streams
+		EnableDatagrams:      true, // droppable pushes
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)

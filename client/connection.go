@@ -106,6 +106,9 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (
 	c.goTracked(func() { conn.readControl(r) })
 	c.goTracked(conn.heartbeat)
 	c.goTracked(conn.refreshToken)
+	if conn.features&stream.FeatureDatagrams != 0 {
+		c.goTracked(conn.readDatagrams)
+	}
 	c.goTracked(func() {
 		<-qc.Context().Done()
 		conn.closeOnce.Do(func() { close(conn.done) })
@@ -228,6 +231,26 @@ func (conn *connection) refreshToken() {
 			continue
 		}
 		conn.control.SendFrames(&pb.Frame{Body: &pb.Frame_Refresh{Refresh: &pb.Refresh{Token: token}}})
+	}
+}
+
+// readDatagrams takes droppable pushes that came as datagrams (one Frame
+// each) and hands them to the channel's subscription.
+func (conn *connection) readDatagrams() {
+	for {
+		b, err := conn.qc.ReceiveDatagram(conn.qc.Context())
+		if err != nil {
+			return
+		}
+		f, err := stream.DecodeFrame(b)
+		p := f.GetPush()
+		if err != nil || p == nil || p.Class != pb.Class_CLASS_DROPPABLE {
+			conn.close(stream.FrameUnexpected, "a datagram must hold a droppable push")
+			return
+		}
+		if ch := conn.c.subscription(p.Channel); ch != nil {
+			ch.onPush(p, false)
+		}
 	}
 }
 

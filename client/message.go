@@ -35,6 +35,13 @@ type Gap struct {
 	Reason string // GapExpired or GapReset
 }
 
+// Shed reports droppable messages of a channel that the server shed for
+// this client; they will never arrive.
+type Shed struct {
+	Channel string
+	Count   uint64
+}
+
 // Gap reasons.
 const (
 	// GapExpired: the messages were deleted by retention before this client

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,10 +62,52 @@ type Stats struct {
 	Migrations         uint64
 	MigrationFallbacks uint64
 	LocalAddr          string // the current local address
+	// Droppable messages: handed to handlers, shed by the server (told by
+	// Shed), and missing (holes in droppable_seq: shed, or lost in the
+	// network as datagrams).
+	DroppableDelivered uint64
+	DroppableShed      uint64
+	DroppableMissing   uint64
 }
 
 type counters struct {
 	connects, used0RTT, migrations, fallbacks atomic.Uint64
+	droppableDelivered, droppableShed         atomic.Uint64
+
+	mu       sync.Mutex
+	dropSeqs map[string]*dropSeen // per channel
+}
+
+// dropSeen tracks a channel's droppable_seq: the first and highest seen and
+// how many arrived, so that holes count once even when datagrams come out
+// of order.
+type dropSeen struct{ first, max, got uint64 }
+
+func (c *counters) droppable(channel string, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dropSeqs == nil {
+		c.dropSeqs = map[string]*dropSeen{}
+	}
+	d := c.dropSeqs[channel]
+	if d == nil {
+		// Numbering starts when the server first fans out to anyone, not to
+		// us: count holes from the first one seen.
+		d = &dropSeen{first: seq, max: seq}
+		c.dropSeqs[channel] = d
+	}
+	d.first, d.max = min(d.first, seq), max(d.max, seq)
+	d.got++
+}
+
+func (c *counters) missing() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n uint64
+	for _, d := range c.dropSeqs {
+		n += d.max - d.first + 1 - d.got
+	}
+	return n
 }
 
 // Stats returns the client's counters.
@@ -75,7 +118,9 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		Connects: c.stats.connects.Load(), Used0RTT: c.stats.used0RTT.Load(),
 		Migrations: c.stats.migrations.Load(), MigrationFallbacks: c.stats.fallbacks.Load(),
-		LocalAddr: local,
+		DroppableDelivered: c.stats.droppableDelivered.Load(), DroppableShed: c.stats.droppableShed.Load(),
+		DroppableMissing: c.stats.missing(),
+		LocalAddr:        local,
 	}
 }
 

@@ -23,6 +23,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	conn     *connection // the connection its stream is on; nil when none
+	params   params      // conn's, with the session's overrides
 	send     *stream.Sender
 	readDone chan struct{} // closed when the stream's reader has stopped
 	channels map[string]*channel
@@ -65,6 +66,7 @@ func (s *Session) resume(conn *connection) {
 	}
 	st.SetPriority(3, true)
 	s.conn = conn
+	s.params = conn.params
 	s.send = stream.NewSender(st, nil, func(error) { conn.close(stream.NoError, "") })
 	frames := []*pb.Frame{{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: s.name}}}}
 	for _, ch := range s.channels {
@@ -133,17 +135,32 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 			if ch := s.channel(b.Push.Channel); ch != nil {
 				ch.onPush(b.Push, false)
 			}
+		case *pb.Frame_HeadNotice:
+			if ch := s.channel(b.HeadNotice.Channel); ch != nil {
+				ch.onHeadNotice(b.HeadNotice)
+			}
+		case *pb.Frame_Shed:
+			if ch := s.channel(b.Shed.Channel); ch != nil {
+				ch.onShedNotice(b.Shed.Count)
+			}
+		case *pb.Frame_SessionOpened:
+			s.mu.Lock()
+			s.params = conn.params.override(b.SessionOpened)
+			s.mu.Unlock()
 		case *pb.Frame_Subscribed:
 			s.mu.Lock()
 			delete(s.subReqs, b.Subscribed.RequestId)
 			s.mu.Unlock()
-			if ch := s.channel(b.Subscribed.Channel); ch != nil {
-				ch.onSubscribed(conn, b.Subscribed)
+			s.mu.Lock()
+			ch, p := s.channels[b.Subscribed.Channel], s.params
+			s.mu.Unlock()
+			if ch != nil {
+				ch.onSubscribed(conn, p, b.Subscribed)
 			}
 			s.answerSubscribe(b.Subscribed.Channel, nil)
 		case *pb.Frame_PublishAck:
 			a := b.PublishAck
-			s.completePublish(a.RequestId, PublishResult{Channel: a.Channel, Epoch: a.Epoch, Seq: a.Seq, Duplicate: a.Duplicate}, nil)
+			s.completePublish(a.RequestId, PublishResult{Channel: a.Channel, Epoch: a.Epoch, Seq: a.Seq, Duplicate: a.Duplicate, Dropped: a.Dropped}, nil)
 		case *pb.Frame_Error:
 			s.onError(conn, stream.FromFrame(b.Error), b.Error.RequestId)
 		default:
@@ -256,6 +273,9 @@ type SubscribeOptions struct {
 	// channel's goroutine, in order with the handler, and like the handler
 	// ends the subscription by returning an error.
 	OnGap func(Gap) error
+	// OnShed is told, in order with the handler, how many droppable
+	// messages the server shed for this client (it was not keeping up).
+	OnShed func(Shed)
 	// OnError is told why the subscription ended on its own: the handler or
 	// OnGap returned an error, or the server refused to resume it after a
 	// reconnect (say, the channel became forbidden). Refusals of the first
@@ -280,7 +300,7 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 	if err != nil {
 		return nil, fmt.Errorf("client: load position of %s: %w", channel, err)
 	}
-	ch := newChannel(s, channel, h, opts.OnGap, opts.OnError)
+	ch := newChannel(s, channel, h, opts)
 	switch {
 	case saved:
 		ch.epoch, ch.queued, ch.havePos = pos.Epoch, pos.Seq, true
@@ -391,6 +411,9 @@ type PublishResult struct {
 	Seq       uint64 // 0 for a droppable message
 	ID        string
 	Duplicate bool // the ID was published before: Seq is the original's
+	// Dropped: a droppable message over a rate limit, dropped by the
+	// server (not an error: droppable messages may be thinned).
+	Dropped bool
 }
 
 // Publish publishes data to channel and waits until the server has stored

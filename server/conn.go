@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -39,6 +40,11 @@ type conn struct {
 	user    string
 	hello   HelloEvent
 	control atomic.Pointer[stream.Sender] // set once the hello is done
+
+	features   uint64        // negotiated in the hello
+	publishes  *rate.Limiter // nil: unlimited
+	dgrams     chan dgram    // droppable pushes for the datagram writer
+	dgramsOnce sync.Once
 
 	authMu  sync.Mutex
 	claims  any
@@ -139,8 +145,15 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	control := stream.NewSender(st, c.budget, c.onSendError)
 	c.control.Store(control)
 	cfg := &c.s.cfg
+	c.features = hello.Features & stream.Features
+	if dg := c.qc.ConnectionState().SupportsDatagrams; !dg.Remote || !dg.Local {
+		c.features &^= stream.FeatureDatagrams
+	}
+	if cfg.PublishRate > 0 {
+		c.publishes = rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst)
+	}
 	err = control.SendFrames(&pb.Frame{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
-		Version: stream.Version, Minor: stream.MinorVersion, Features: hello.Features & stream.Features,
+		Version: stream.Version, Minor: stream.MinorVersion, Features: c.features,
 		ConnectionId: c.id, User: c.user,
 		HeartbeatMs: ms(cfg.Heartbeat), HoleWaitMs: ms(cfg.HoleWait), MergeWindowMs: ms(cfg.MergeWindow),
 		RepairBatch: uint32(cfg.RepairBatch), MaxFrameSize: stream.MaxFrameSize, AckDelayMs: ms(cfg.AckDelay),
@@ -246,6 +259,65 @@ func (c *conn) authorize(action Action, channel string, droppable bool) *stream.
 		return stream.Errorf(stream.Forbidden, "%s %s: %v", action, channel, err)
 	}
 	return nil
+}
+
+// dgram is a droppable push for the datagram writer.
+type dgram struct {
+	sess    *session
+	channel string
+	body    []byte // the Frame, for the datagram
+	frame   []byte // with its length prefix, for the stream if it does not fit
+}
+
+// sendDatagram hands a droppable push to the connection's datagram writer
+// if the client takes datagrams; false means "use the stream". A full
+// writer queue sheds the push (quic-go's own queue blocks at 32, so the
+// writer must never fall far behind). Called with sess.outMu held.
+func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte) bool {
+	if c.features&stream.FeatureDatagrams == 0 {
+		return false
+	}
+	c.dgramsOnce.Do(func() {
+		c.dgrams = make(chan dgram, 32)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.writeDatagrams()
+		}()
+	})
+	select {
+	case c.dgrams <- dgram{sess, channel, body, frame}:
+	default:
+		sess.out.shed[channel]++
+		c.s.counters.droppableShed.Add(1)
+	}
+	return true
+}
+
+// writeDatagrams sends queued droppable pushes as datagrams, one at a time;
+// one too large for the path (the limit shrinks after a path change) goes
+// on its session's stream instead.
+func (c *conn) writeDatagrams() {
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case d := <-c.dgrams:
+			err := c.qc.SendDatagram(d.body)
+			var tooLarge *quic.DatagramTooLargeError
+			switch {
+			case err == nil:
+				c.s.counters.datagramsOut.Add(1)
+				c.s.counters.droppableOut.Add(1)
+			case errors.As(err, &tooLarge):
+				d.sess.outMu.Lock()
+				d.sess.sendDroppable(d.frame)
+				d.sess.outMu.Unlock()
+			default:
+				return // the connection is closing
+			}
+		}
+	}
 }
 
 func unixMs(t time.Time) int64 {

@@ -62,7 +62,7 @@ func TestFanOutExactlyOnceInOrder(t *testing.T) {
 // A subscriber catching up on a large backlog over repair streams still
 // gets live pushes of another channel on the same connection at once.
 func TestRepairDoesNotDelayLivePush(t *testing.T) {
-	ts := runServer(t, server.Config{})
+	ts := runServer(t, server.Config{PublishRate: -1}) // a bulk load, not a client
 	pub := dial(t, ts, client.Config{})
 	const backlog = 20000
 	payload := make([]byte, 1000)

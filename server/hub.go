@@ -4,6 +4,11 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quicpush/quicpush/store"
 	"github.com/quicpush/quicpush/stream"
@@ -15,8 +20,11 @@ import (
 //
 // Lock order: a hubChannel's mu before the hub's mu, never the reverse.
 type hub struct {
-	store Store
-	log   *slog.Logger
+	store       Store
+	log         *slog.Logger
+	limits      channelLimits
+	notifyAbove int           // subscribers beyond which a channel notifies; <0: never
+	mergeWindow time.Duration // between two notices of a channel
 
 	mu       sync.Mutex // guards channels
 	channels map[string]*hubChannel
@@ -28,14 +36,21 @@ type hubChannel struct {
 	// mu is the seam between subscribing and fan-out: it is held while a
 	// subscriber reads the bounds and registers, and while messages are
 	// fanned out, so each message is either in the bounds or pushed.
-	mu           sync.Mutex
-	subs         map[*session]struct{}
-	droppableSeq uint64
+	mu             sync.Mutex
+	subs           map[*session]struct{}
+	droppableSeq   uint64
+	droppableLimit *rate.Limiter // nil: unlimited
+
+	// Notify mode (huge rooms): instead of every message, subscribers get
+	// the head, at most once per merge window, and pull.
+	notifyAlways bool           // configured for the channel
+	notify       *pb.HeadNotice // the head to announce; nil when announced
+	notifyTimer  *time.Timer
 	dead         bool // removed from the hub: look it up again
 }
 
-func newHub(st Store, log *slog.Logger) *hub {
-	return &hub{store: st, log: log, channels: map[string]*hubChannel{}}
+func newHub(st Store, log *slog.Logger, limits channelLimits, notifyAbove int, mergeWindow time.Duration) *hub {
+	return &hub{store: st, log: log, limits: limits, notifyAbove: notifyAbove, mergeWindow: mergeWindow, channels: map[string]*hubChannel{}}
 }
 
 func (h *hub) lookup(name string, create bool) *hubChannel {
@@ -44,6 +59,11 @@ func (h *hub) lookup(name string, create bool) *hubChannel {
 	ch := h.channels[name]
 	if ch == nil && create {
 		ch = &hubChannel{name: name, subs: map[*session]struct{}{}}
+		limit := h.limits.forChannel(name)
+		if r := limit.DroppableRate; r > 0 {
+			ch.droppableLimit = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
+		}
+		ch.notifyAlways = limit.Notify
 		h.channels[name] = ch
 	}
 	return ch
@@ -121,13 +141,17 @@ func (h *hub) fanOut(msgs []store.Message) {
 		}
 		if ch := h.lookup(msgs[i].Channel, false); ch != nil {
 			ch.mu.Lock()
-			if len(ch.subs) > 0 {
+			if h.notifying(ch) {
+				last := msgs[j-1]
+				h.announce(ch, last.Epoch, last.Seq)
+			} else if len(ch.subs) > 0 {
 				buf = buf[:0]
 				for _, m := range msgs[i:j] {
 					buf = h.appendPush(buf, pushFrame(m))
 				}
+				last := msgs[j-1]
 				for sess := range ch.subs {
-					sess.push(buf)
+					sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf)
 				}
 			}
 			ch.mu.Unlock()
@@ -136,26 +160,74 @@ func (h *hub) fanOut(msgs []store.Message) {
 	}
 }
 
+// notifying reports whether ch runs in notify mode; ch.mu held.
+func (h *hub) notifying(ch *hubChannel) bool {
+	return ch.notifyAlways || (h.notifyAbove >= 0 && len(ch.subs) > h.notifyAbove)
+}
+
+// announce schedules a notice of ch's new head: the first message after a
+// quiet spell is announced at once, later ones at most once per merge
+// window, encoded once for every subscriber. ch.mu held.
+func (h *hub) announce(ch *hubChannel, epoch, head uint64) {
+	pending := ch.notify != nil
+	ch.notify = &pb.HeadNotice{Channel: ch.name, Epoch: epoch, Head: head, Reason: pb.HeadNotice_REASON_NOTIFY}
+	if pending || ch.notifyTimer != nil {
+		return
+	}
+	h.sendNotice(ch)
+	ch.notifyTimer = time.AfterFunc(h.mergeWindow, func() { h.notifyTick(ch) })
+}
+
+func (h *hub) notifyTick(ch *hubChannel) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	ch.notifyTimer = nil
+	if ch.notify != nil && !ch.dead {
+		h.sendNotice(ch)
+		ch.notifyTimer = time.AfterFunc(h.mergeWindow, func() { h.notifyTick(ch) })
+	}
+}
+
+// sendNotice sends ch's pending notice to every subscriber; ch.mu held.
+func (h *hub) sendNotice(ch *hubChannel) {
+	b := mustFrame(&pb.Frame{Body: &pb.Frame_HeadNotice{HeadNotice: ch.notify}})
+	ch.notify = nil
+	for sess := range ch.subs {
+		sess.sendOrFail(b)
+	}
+}
+
 // fanOutDroppable pushes a message that is not stored to the channel's
-// current subscribers, numbered by the channel's droppable counter.
-func (h *hub) fanOutDroppable(m store.Message) {
+// current subscribers, numbered by the channel's droppable counter. It
+// reports false when the channel's droppable rate limit dropped it.
+func (h *hub) fanOutDroppable(m store.Message) bool {
 	ch := h.lookup(m.Channel, false)
 	if ch == nil {
-		return
+		return true // nobody to tell
 	}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if len(ch.subs) == 0 {
-		return
+		return true
+	}
+	if ch.droppableLimit != nil && !ch.droppableLimit.Allow() {
+		return false
 	}
 	ch.droppableSeq++
 	f := pushFrame(m)
 	f.GetPush().Class = pb.Class_CLASS_DROPPABLE
 	f.GetPush().DroppableSeq = ch.droppableSeq
-	buf := h.appendPush(nil, f)
-	for sess := range ch.subs {
-		sess.push(buf)
+	body, err := proto.Marshal(f)
+	if err != nil || len(body) > stream.MaxFrameSize {
+		h.log.Error("cannot encode droppable push", "channel", m.Channel, "err", err)
+		return true
 	}
+	frame := quicvarint.Append(make([]byte, 0, len(body)+4), uint64(len(body)))
+	frame = append(frame, body...)
+	for sess := range ch.subs {
+		sess.pushDroppable(m.Channel, body, frame)
+	}
+	return true
 }
 
 // appendPush encodes a push. Publishes are validated against the frame

@@ -56,6 +56,27 @@ type Config struct {
 	// MaxPublishesInFlight bounds a session's publishes awaiting the store.
 	// Zero: 1024.
 	MaxPublishesInFlight int
+	// PublishRate and PublishBurst bound the publishes of one connection
+	// (token bucket, both classes): a reliable publish over it gets
+	// RATE_LIMITED with a retry hint, a droppable one is dropped (counted).
+	// Zero: 1000/s with a burst of 2000; a negative rate: unlimited.
+	PublishRate  float64
+	PublishBurst int
+	// ChannelLimits set droppable rates and notify mode by channel pattern.
+	// Channels that match none get 200 droppable messages/s.
+	ChannelLimits []ChannelLimit
+	// NotifyAbove puts a channel in notify mode while it has more
+	// subscribers than this on this server. Zero: 5000; negative: never.
+	NotifyAbove int
+	// BehindBytes is how much may wait for one session's stream before the
+	// session stops being pushed reliable messages and pulls them instead.
+	// Zero: 256 KiB.
+	BehindBytes int
+	// DroppableQueueBytes bounds the droppable pushes waiting for one
+	// session's stream; beyond it the oldest are shed. Zero: 64 KiB.
+	DroppableQueueBytes int
+	// Sessions override the client parameters per business session name.
+	Sessions map[string]SessionParams
 	// CursorFlushInterval coalesces acknowledged cursors before they are
 	// written to the store. Zero: 1 s.
 	CursorFlushInterval time.Duration
@@ -100,6 +121,24 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxPublishesInFlight <= 0 {
 		c.MaxPublishesInFlight = 1024
 	}
+	if c.PublishRate == 0 {
+		c.PublishRate = 1000
+	}
+	if c.PublishBurst <= 0 {
+		c.PublishBurst = max(1, 2*int(c.PublishRate))
+	}
+	if c.NotifyAbove == 0 {
+		c.NotifyAbove = 5000
+	}
+	if c.BehindBytes <= 0 {
+		c.BehindBytes = 256 << 10
+	}
+	if c.DroppableQueueBytes <= 0 {
+		c.DroppableQueueBytes = 64 << 10
+	}
+	if err := channelLimits(c.ChannelLimits).validate(); err != nil {
+		return c, err
+	}
 	if c.Heartbeat < time.Second || c.Heartbeat > 2*time.Minute {
 		return c, fmt.Errorf("server: Heartbeat %v must be between 1s and 2m (what clients accept)", c.Heartbeat)
 	}
@@ -111,10 +150,11 @@ func (c Config) withDefaults() (Config, error) {
 
 // Server serves quicpush over QUIC.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	hub     *hub
-	cursors *cursorWriter
+	cfg      Config
+	log      *slog.Logger
+	hub      *hub
+	cursors  *cursorWriter
+	counters counters
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -144,7 +184,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
-	s.hub = newHub(cfg.Store, cfg.Logger)
+	s.hub = newHub(cfg.Store, cfg.Logger, cfg.ChannelLimits, cfg.NotifyAbove, cfg.MergeWindow)
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
 	s.wg.Add(1)

@@ -24,6 +24,9 @@ type session struct {
 	mu   sync.Mutex
 	subs map[string]struct{}
 
+	outMu sync.Mutex // guards out; taken under a hub channel's lock
+	out   outbox
+
 	pubMu      sync.Mutex
 	pubCond    *sync.Cond // signalled when publishing ends
 	pubQueue   []*pb.Publish
@@ -32,7 +35,8 @@ type session struct {
 }
 
 func newSession(c *conn, st *quic.Stream, name string) *session {
-	s := &session{c: c, name: name, subs: map[string]struct{}{}}
+	s := &session{c: c, name: name, subs: map[string]struct{}{},
+		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
 	s.pubCond = sync.NewCond(&s.pubMu)
 	s.send = stream.NewSender(st, c.budget, func(err error) {
 		if isStreamError(err) {
@@ -43,18 +47,12 @@ func newSession(c *conn, st *quic.Stream, name string) *session {
 		}
 		c.fail(err)
 	})
+	s.send.OnIdle(s.onIdle)
 	return s
 }
 
 // push queues encoded frames for the client; it never blocks (hub.fanOut
 // calls it under the hub's lock).
-func (s *session) push(b []byte) {
-	if err := s.send.Send(b); errors.Is(err, stream.ErrQueueFull) {
-		go s.c.fail(err) // the budget is the connection's: it is too slow
-	}
-	// Other errors: the session's stream is gone, and so is the session.
-}
-
 // end finishes a session the client closed (FIN): no more pushes, the
 // publishes already taken are stored and acknowledged, then our FIN.
 func (s *session) end() {
@@ -218,9 +216,13 @@ func (s *session) publish(p *pb.Publish) error {
 	if len(p.Data) > stream.MaxMessageSize {
 		return s.replyError(stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(p.Data), stream.MaxMessageSize), p.RequestId, p.Channel)
 	}
+	if p.Class != pb.Class_CLASS_RELIABLE && p.Class != pb.Class_CLASS_DROPPABLE {
+		return s.replyError(stream.Errorf(stream.BadRequest, "unknown message class %d", p.Class), p.RequestId, p.Channel)
+	}
 	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
 		return s.replyError(e, p.RequestId, p.Channel)
 	}
+	allowed := s.c.publishes == nil || s.c.publishes.Allow()
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		// Like reliable ones, never fanned out from replayable 0-RTT data.
 		select {
@@ -228,8 +230,20 @@ func (s *session) publish(p *pb.Publish) error {
 		case <-s.c.ctx.Done():
 			return nil
 		}
-		s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})
-		return s.reply(&pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: p.RequestId, Channel: p.Channel}}})
+		s.c.s.counters.droppableIn.Add(1)
+		if allowed {
+			allowed = s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})
+		}
+		if !allowed {
+			s.c.s.counters.droppableRateLimited.Add(1)
+		}
+		return s.reply(&pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: p.RequestId, Channel: p.Channel, Dropped: !allowed}}})
+	}
+	if !allowed {
+		s.c.s.counters.reliableRateLimited.Add(1)
+		e := stream.Errorf(stream.RateLimited, "more than %v publishes/s on this connection", s.c.s.cfg.PublishRate)
+		e.RetryAfterMs = uint32(max(10, 1000/s.c.s.cfg.PublishRate))
+		return s.replyError(e, p.RequestId, p.Channel)
 	}
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()

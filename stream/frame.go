@@ -36,9 +36,12 @@ const (
 	// FeatureTokenRefresh: the client may send Refresh on the control
 	// stream, and the server answers Refreshed.
 	FeatureTokenRefresh uint64 = 1 << 0
+	// FeatureDatagrams: the client takes droppable pushes as QUIC
+	// datagrams, each holding one Frame (no length prefix).
+	FeatureDatagrams uint64 = 1 << 1
 
 	// Features is every feature this implementation has.
-	Features = FeatureTokenRefresh
+	Features = FeatureTokenRefresh | FeatureDatagrams
 )
 
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.

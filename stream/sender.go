@@ -58,6 +58,7 @@ type Sender struct {
 	closing  bool
 	err      error
 	onError  func(error)
+	onIdle   func()
 }
 
 // NewSender returns a Sender writing to st. onError (may be nil) is called
@@ -128,6 +129,19 @@ func (s *Sender) Close() {
 	}
 }
 
+// OnIdle sets f to be called, from the flushing goroutine and without the
+// Sender's lock, each time its queue has drained: the moment to send what
+// waits for a free stream (droppable messages). Set it before any Send.
+func (s *Sender) OnIdle(f func()) { s.onIdle = f }
+
+// Queued returns the bytes waiting for flow control (0 when the stream
+// takes writes at once).
+func (s *Sender) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
 // Idle reports whether nothing is queued.
 func (s *Sender) Idle() bool {
 	s.mu.Lock()
@@ -144,6 +158,9 @@ func (s *Sender) flush() {
 				s.st.Close()
 			}
 			s.mu.Unlock()
+			if s.onIdle != nil {
+				s.onIdle()
+			}
 			return
 		}
 		b := s.pending

@@ -77,11 +77,14 @@ func (Start) EnumDescriptor() ([]byte, []int) {
 	return file_quicpush_proto_rawDescGZIP(), []int{0}
 }
 
+// Classes of messages. A Publish with any other value gets BAD_REQUEST.
 type Class int32
 
 const (
-	Class_CLASS_RELIABLE  Class = 0 // stored, numbered, repaired, never shed
-	Class_CLASS_DROPPABLE Class = 1 // not stored, may be shed, never repaired
+	Class_CLASS_RELIABLE Class = 0 // stored, numbered, repaired, never shed
+	// Not stored, numbered apart (Push.droppable_seq), may be shed under load
+	// (told by Shed) or lost as a datagram, never repaired.
+	Class_CLASS_DROPPABLE Class = 1
 )
 
 // Enum value maps for Class.
@@ -239,6 +242,55 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_quicpush_proto_rawDescGZIP(), []int{2}
 }
 
+type HeadNotice_Reason int32
+
+const (
+	HeadNotice_REASON_NOTIFY  HeadNotice_Reason = 0 // notify mode: messages are not pushed
+	HeadNotice_REASON_BEHIND  HeadNotice_Reason = 1 // the client fell behind: live push stopped
+	HeadNotice_REASON_RESUMED HeadNotice_Reason = 2 // live push resumed after this head
+)
+
+// Enum value maps for HeadNotice_Reason.
+var (
+	HeadNotice_Reason_name = map[int32]string{
+		0: "REASON_NOTIFY",
+		1: "REASON_BEHIND",
+		2: "REASON_RESUMED",
+	}
+	HeadNotice_Reason_value = map[string]int32{
+		"REASON_NOTIFY":  0,
+		"REASON_BEHIND":  1,
+		"REASON_RESUMED": 2,
+	}
+)
+
+func (x HeadNotice_Reason) Enum() *HeadNotice_Reason {
+	p := new(HeadNotice_Reason)
+	*p = x
+	return p
+}
+
+func (x HeadNotice_Reason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HeadNotice_Reason) Descriptor() protoreflect.EnumDescriptor {
+	return file_quicpush_proto_enumTypes[3].Descriptor()
+}
+
+func (HeadNotice_Reason) Type() protoreflect.EnumType {
+	return &file_quicpush_proto_enumTypes[3]
+}
+
+func (x HeadNotice_Reason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HeadNotice_Reason.Descriptor instead.
+func (HeadNotice_Reason) EnumDescriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{16, 0}
+}
+
 // Frame is the one message type on every stream. Exactly one body field is
 // set; a frame with none (for example one sent by a newer peer without the
 // matching feature bit) is rejected with FRAME_UNKNOWN.
@@ -261,6 +313,9 @@ type Frame struct {
 	//	*Frame_Ack
 	//	*Frame_Publish
 	//	*Frame_PublishAck
+	//	*Frame_HeadNotice
+	//	*Frame_Shed
+	//	*Frame_SessionOpened
 	//	*Frame_RepairRequest
 	//	*Frame_RepairEnd
 	//	*Frame_Error
@@ -441,6 +496,33 @@ func (x *Frame) GetPublishAck() *PublishAck {
 	return nil
 }
 
+func (x *Frame) GetHeadNotice() *HeadNotice {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_HeadNotice); ok {
+			return x.HeadNotice
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetShed() *Shed {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Shed); ok {
+			return x.Shed
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetSessionOpened() *SessionOpened {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_SessionOpened); ok {
+			return x.SessionOpened
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRepairRequest() *RepairRequest {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RepairRequest); ok {
@@ -534,6 +616,18 @@ type Frame_PublishAck struct {
 	PublishAck *PublishAck `protobuf:"bytes,17,opt,name=publish_ack,json=publishAck,proto3,oneof"`
 }
 
+type Frame_HeadNotice struct {
+	HeadNotice *HeadNotice `protobuf:"bytes,18,opt,name=head_notice,json=headNotice,proto3,oneof"`
+}
+
+type Frame_Shed struct {
+	Shed *Shed `protobuf:"bytes,19,opt,name=shed,proto3,oneof"`
+}
+
+type Frame_SessionOpened struct {
+	SessionOpened *SessionOpened `protobuf:"bytes,22,opt,name=session_opened,json=sessionOpened,proto3,oneof"`
+}
+
 type Frame_RepairRequest struct {
 	// repair streams
 	RepairRequest *RepairRequest `protobuf:"bytes,20,opt,name=repair_request,json=repairRequest,proto3,oneof"`
@@ -577,6 +671,12 @@ func (*Frame_Ack) isFrame_Body() {}
 func (*Frame_Publish) isFrame_Body() {}
 
 func (*Frame_PublishAck) isFrame_Body() {}
+
+func (*Frame_HeadNotice) isFrame_Body() {}
+
+func (*Frame_Shed) isFrame_Body() {}
+
+func (*Frame_SessionOpened) isFrame_Body() {}
 
 func (*Frame_RepairRequest) isFrame_Body() {}
 
@@ -1585,12 +1685,15 @@ func (x *Publish) GetId() string {
 }
 
 type PublishAck struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Seq           uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`             // 0 for droppable messages
-	Duplicate     bool                   `protobuf:"varint,5,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // id seen before: this is the original seq
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel   string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq       uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`             // 0 for droppable messages
+	Duplicate bool                   `protobuf:"varint,5,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // id seen before: this is the original seq
+	// dropped: a droppable message over the channel's or the connection's
+	// rate limit, dropped by the server (counted, not an error).
+	Dropped       bool `protobuf:"varint,6,opt,name=dropped,proto3" json:"dropped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1660,6 +1763,203 @@ func (x *PublishAck) GetDuplicate() bool {
 	return false
 }
 
+func (x *PublishAck) GetDropped() bool {
+	if x != nil {
+		return x.Dropped
+	}
+	return false
+}
+
+// HeadNotice tells the client that channel's reliable head is now head: the
+// client pulls what it is missing over repair streams. Sent when the
+// server stopped pushing a channel to a client that fell behind (and again
+// when it resumes), and, for channels in notify mode (huge rooms), instead
+// of the messages, at most once per merge window.
+type HeadNotice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Head          uint64                 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
+	Reason        HeadNotice_Reason      `protobuf:"varint,4,opt,name=reason,proto3,enum=quicpush.v1.HeadNotice_Reason" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeadNotice) Reset() {
+	*x = HeadNotice{}
+	mi := &file_quicpush_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeadNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeadNotice) ProtoMessage() {}
+
+func (x *HeadNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeadNotice.ProtoReflect.Descriptor instead.
+func (*HeadNotice) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *HeadNotice) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *HeadNotice) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *HeadNotice) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *HeadNotice) GetReason() HeadNotice_Reason {
+	if x != nil {
+		return x.Reason
+	}
+	return HeadNotice_REASON_NOTIFY
+}
+
+// Shed: count droppable messages of channel were shed by the server
+// (its queue for this client was full) and will never arrive.
+type Shed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Shed) Reset() {
+	*x = Shed{}
+	mi := &file_quicpush_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Shed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Shed) ProtoMessage() {}
+
+func (x *Shed) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Shed.ProtoReflect.Descriptor instead.
+func (*Shed) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Shed) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Shed) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// SessionOpened answers SessionOpen when the business session has
+// parameters of its own; each field, when set, overrides Welcome's for the
+// channels of this session (the client clamps them the same way).
+type SessionOpened struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HoleWaitMs    uint32                 `protobuf:"varint,1,opt,name=hole_wait_ms,json=holeWaitMs,proto3" json:"hole_wait_ms,omitempty"`
+	MergeWindowMs uint32                 `protobuf:"varint,2,opt,name=merge_window_ms,json=mergeWindowMs,proto3" json:"merge_window_ms,omitempty"`
+	RepairBatch   uint32                 `protobuf:"varint,3,opt,name=repair_batch,json=repairBatch,proto3" json:"repair_batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionOpened) Reset() {
+	*x = SessionOpened{}
+	mi := &file_quicpush_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionOpened) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionOpened) ProtoMessage() {}
+
+func (x *SessionOpened) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionOpened.ProtoReflect.Descriptor instead.
+func (*SessionOpened) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SessionOpened) GetHoleWaitMs() uint32 {
+	if x != nil {
+		return x.HoleWaitMs
+	}
+	return 0
+}
+
+func (x *SessionOpened) GetMergeWindowMs() uint32 {
+	if x != nil {
+		return x.MergeWindowMs
+	}
+	return 0
+}
+
+func (x *SessionOpened) GetRepairBatch() uint32 {
+	if x != nil {
+		return x.RepairBatch
+	}
+	return 0
+}
+
 // RepairRequest is the first and only client frame of a repair stream:
 // send the channel's messages from..to (inclusive), at most limit. Epoch 0
 // reads the current epoch, whatever it is (a history read); any other epoch
@@ -1677,7 +1977,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1989,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +2002,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{16}
+	return file_quicpush_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RepairRequest) GetChannel() string {
@@ -1754,7 +2054,7 @@ type RepairEnd struct {
 
 func (x *RepairEnd) Reset() {
 	*x = RepairEnd{}
-	mi := &file_quicpush_proto_msgTypes[17]
+	mi := &file_quicpush_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +2066,7 @@ func (x *RepairEnd) String() string {
 func (*RepairEnd) ProtoMessage() {}
 
 func (x *RepairEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[17]
+	mi := &file_quicpush_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +2079,7 @@ func (x *RepairEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairEnd.ProtoReflect.Descriptor instead.
 func (*RepairEnd) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{17}
+	return file_quicpush_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RepairEnd) GetNext() uint64 {
@@ -1824,7 +2124,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_quicpush_proto_msgTypes[18]
+	mi := &file_quicpush_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2136,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[18]
+	mi := &file_quicpush_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2149,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{18}
+	return file_quicpush_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1891,7 +2191,7 @@ var File_quicpush_proto protoreflect.FileDescriptor
 
 const file_quicpush_proto_rawDesc = "" +
 	"\n" +
-	"\x0equicpush.proto\x12\vquicpush.v1\"\xb0\a\n" +
+	"\x0equicpush.proto\x12\vquicpush.v1\"\xda\b\n" +
 	"\x05Frame\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.quicpush.v1.HelloH\x00R\x05hello\x120\n" +
 	"\awelcome\x18\x02 \x01(\v2\x14.quicpush.v1.WelcomeH\x00R\awelcome\x12'\n" +
@@ -1911,7 +2211,11 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x03ack\x18\x0f \x01(\v2\x10.quicpush.v1.AckH\x00R\x03ack\x120\n" +
 	"\apublish\x18\x10 \x01(\v2\x14.quicpush.v1.PublishH\x00R\apublish\x12:\n" +
 	"\vpublish_ack\x18\x11 \x01(\v2\x17.quicpush.v1.PublishAckH\x00R\n" +
-	"publishAck\x12C\n" +
+	"publishAck\x12:\n" +
+	"\vhead_notice\x18\x12 \x01(\v2\x17.quicpush.v1.HeadNoticeH\x00R\n" +
+	"headNotice\x12'\n" +
+	"\x04shed\x18\x13 \x01(\v2\x11.quicpush.v1.ShedH\x00R\x04shed\x12C\n" +
+	"\x0esession_opened\x18\x16 \x01(\v2\x1a.quicpush.v1.SessionOpenedH\x00R\rsessionOpened\x12C\n" +
 	"\x0erepair_request\x18\x14 \x01(\v2\x1a.quicpush.v1.RepairRequestH\x00R\rrepairRequest\x127\n" +
 	"\n" +
 	"repair_end\x18\x15 \x01(\v2\x16.quicpush.v1.RepairEndH\x00R\trepairEnd\x12*\n" +
@@ -1997,7 +2301,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12(\n" +
 	"\x05class\x18\x04 \x01(\x0e2\x12.quicpush.v1.ClassR\x05class\x12\x0e\n" +
-	"\x02id\x18\x05 \x01(\tR\x02id\"\x8b\x01\n" +
+	"\x02id\x18\x05 \x01(\tR\x02id\"\xa5\x01\n" +
 	"\n" +
 	"PublishAck\x12\x1d\n" +
 	"\n" +
@@ -2005,7 +2309,26 @@ const file_quicpush_proto_rawDesc = "" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x1c\n" +
-	"\tduplicate\x18\x05 \x01(\bR\tduplicate\"y\n" +
+	"\tduplicate\x18\x05 \x01(\bR\tduplicate\x12\x18\n" +
+	"\adropped\x18\x06 \x01(\bR\adropped\"\xcc\x01\n" +
+	"\n" +
+	"HeadNotice\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x126\n" +
+	"\x06reason\x18\x04 \x01(\x0e2\x1e.quicpush.v1.HeadNotice.ReasonR\x06reason\"B\n" +
+	"\x06Reason\x12\x11\n" +
+	"\rREASON_NOTIFY\x10\x00\x12\x11\n" +
+	"\rREASON_BEHIND\x10\x01\x12\x12\n" +
+	"\x0eREASON_RESUMED\x10\x02\"6\n" +
+	"\x04Shed\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"|\n" +
+	"\rSessionOpened\x12 \n" +
+	"\fhole_wait_ms\x18\x01 \x01(\rR\n" +
+	"holeWaitMs\x12&\n" +
+	"\x0fmerge_window_ms\x18\x02 \x01(\rR\rmergeWindowMs\x12!\n" +
+	"\frepair_batch\x18\x03 \x01(\rR\vrepairBatch\"y\n" +
 	"\rRepairRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
@@ -2069,61 +2392,69 @@ func file_quicpush_proto_rawDescGZIP() []byte {
 	return file_quicpush_proto_rawDescData
 }
 
-var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_quicpush_proto_goTypes = []any{
-	(Start)(0),            // 0: quicpush.v1.Start
-	(Class)(0),            // 1: quicpush.v1.Class
-	(ErrorCode)(0),        // 2: quicpush.v1.ErrorCode
-	(*Frame)(nil),         // 3: quicpush.v1.Frame
-	(*Hello)(nil),         // 4: quicpush.v1.Hello
-	(*Welcome)(nil),       // 5: quicpush.v1.Welcome
-	(*Refresh)(nil),       // 6: quicpush.v1.Refresh
-	(*Refreshed)(nil),     // 7: quicpush.v1.Refreshed
-	(*Ping)(nil),          // 8: quicpush.v1.Ping
-	(*Pong)(nil),          // 9: quicpush.v1.Pong
-	(*GoAway)(nil),        // 10: quicpush.v1.GoAway
-	(*SessionOpen)(nil),   // 11: quicpush.v1.SessionOpen
-	(*Subscribe)(nil),     // 12: quicpush.v1.Subscribe
-	(*Subscribed)(nil),    // 13: quicpush.v1.Subscribed
-	(*Unsubscribe)(nil),   // 14: quicpush.v1.Unsubscribe
-	(*Push)(nil),          // 15: quicpush.v1.Push
-	(*Ack)(nil),           // 16: quicpush.v1.Ack
-	(*Publish)(nil),       // 17: quicpush.v1.Publish
-	(*PublishAck)(nil),    // 18: quicpush.v1.PublishAck
-	(*RepairRequest)(nil), // 19: quicpush.v1.RepairRequest
-	(*RepairEnd)(nil),     // 20: quicpush.v1.RepairEnd
-	(*Error)(nil),         // 21: quicpush.v1.Error
+	(Start)(0),             // 0: quicpush.v1.Start
+	(Class)(0),             // 1: quicpush.v1.Class
+	(ErrorCode)(0),         // 2: quicpush.v1.ErrorCode
+	(HeadNotice_Reason)(0), // 3: quicpush.v1.HeadNotice.Reason
+	(*Frame)(nil),          // 4: quicpush.v1.Frame
+	(*Hello)(nil),          // 5: quicpush.v1.Hello
+	(*Welcome)(nil),        // 6: quicpush.v1.Welcome
+	(*Refresh)(nil),        // 7: quicpush.v1.Refresh
+	(*Refreshed)(nil),      // 8: quicpush.v1.Refreshed
+	(*Ping)(nil),           // 9: quicpush.v1.Ping
+	(*Pong)(nil),           // 10: quicpush.v1.Pong
+	(*GoAway)(nil),         // 11: quicpush.v1.GoAway
+	(*SessionOpen)(nil),    // 12: quicpush.v1.SessionOpen
+	(*Subscribe)(nil),      // 13: quicpush.v1.Subscribe
+	(*Subscribed)(nil),     // 14: quicpush.v1.Subscribed
+	(*Unsubscribe)(nil),    // 15: quicpush.v1.Unsubscribe
+	(*Push)(nil),           // 16: quicpush.v1.Push
+	(*Ack)(nil),            // 17: quicpush.v1.Ack
+	(*Publish)(nil),        // 18: quicpush.v1.Publish
+	(*PublishAck)(nil),     // 19: quicpush.v1.PublishAck
+	(*HeadNotice)(nil),     // 20: quicpush.v1.HeadNotice
+	(*Shed)(nil),           // 21: quicpush.v1.Shed
+	(*SessionOpened)(nil),  // 22: quicpush.v1.SessionOpened
+	(*RepairRequest)(nil),  // 23: quicpush.v1.RepairRequest
+	(*RepairEnd)(nil),      // 24: quicpush.v1.RepairEnd
+	(*Error)(nil),          // 25: quicpush.v1.Error
 }
 var file_quicpush_proto_depIdxs = []int32{
-	4,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
-	5,  // 1: quicpush.v1.Frame.welcome:type_name -> quicpush.v1.Welcome
-	8,  // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
-	9,  // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
-	10, // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
-	6,  // 5: quicpush.v1.Frame.refresh:type_name -> quicpush.v1.Refresh
-	7,  // 6: quicpush.v1.Frame.refreshed:type_name -> quicpush.v1.Refreshed
-	11, // 7: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
-	12, // 8: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
-	13, // 9: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
-	14, // 10: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
-	15, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
-	16, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
-	17, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
-	18, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
-	19, // 15: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
-	20, // 16: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
-	21, // 17: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
-	2,  // 18: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
-	0,  // 19: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
-	1,  // 20: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
-	1,  // 21: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
-	2,  // 22: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	5,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
+	6,  // 1: quicpush.v1.Frame.welcome:type_name -> quicpush.v1.Welcome
+	9,  // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
+	10, // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
+	11, // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
+	7,  // 5: quicpush.v1.Frame.refresh:type_name -> quicpush.v1.Refresh
+	8,  // 6: quicpush.v1.Frame.refreshed:type_name -> quicpush.v1.Refreshed
+	12, // 7: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
+	13, // 8: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
+	14, // 9: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
+	15, // 10: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
+	16, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
+	17, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
+	18, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
+	19, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
+	20, // 15: quicpush.v1.Frame.head_notice:type_name -> quicpush.v1.HeadNotice
+	21, // 16: quicpush.v1.Frame.shed:type_name -> quicpush.v1.Shed
+	22, // 17: quicpush.v1.Frame.session_opened:type_name -> quicpush.v1.SessionOpened
+	23, // 18: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
+	24, // 19: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
+	25, // 20: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
+	2,  // 21: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
+	0,  // 22: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
+	1,  // 23: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
+	1,  // 24: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
+	3,  // 25: quicpush.v1.HeadNotice.reason:type_name -> quicpush.v1.HeadNotice.Reason
+	2,  // 26: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_quicpush_proto_init() }
@@ -2147,6 +2478,9 @@ func file_quicpush_proto_init() {
 		(*Frame_Ack)(nil),
 		(*Frame_Publish)(nil),
 		(*Frame_PublishAck)(nil),
+		(*Frame_HeadNotice)(nil),
+		(*Frame_Shed)(nil),
+		(*Frame_SessionOpened)(nil),
 		(*Frame_RepairRequest)(nil),
 		(*Frame_RepairEnd)(nil),
 		(*Frame_Error)(nil),
@@ -2156,8 +2490,8 @@ func file_quicpush_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quicpush_proto_rawDesc), len(file_quicpush_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   19,
+			NumEnums:      4,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
