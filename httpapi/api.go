@@ -163,14 +163,21 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		h.log.Debug("HTTP API request refused", "method", r.Method, "path", r.URL.Path, "status", e.status, "err", e.message)
 	}
+	Error(w, e.status, e.code, e.message)
+}
+
+// Error answers with status and the API's error body,
+// {"error":{"code","message"}}, for handlers beside the API's (e.g. one
+// that serves /v1/ while the API is off).
+func Error(w http.ResponseWriter, status int, code, message string) {
 	var body struct {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
-	body.Error.Code, body.Error.Message = e.code, e.message
-	writeJSON(w, e.status, body)
+	body.Error.Code, body.Error.Message = code, message
+	writeJSON(w, status, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

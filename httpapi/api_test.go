@@ -470,3 +470,10 @@ func TestNew(t *testing.T) {
 	_, err = httpapi.New(httpapi.Config{Server: at.srv, APIKey: []byte("short")})
 	require.ErrorContains(t, err, "the API key must be at least 16 bytes")
 }
+
+func TestConfigLogValueRedactsTheKey(t *testing.T) {
+	var buf strings.Builder
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("api", "config", httpapi.Config{APIKey: []byte(apiKey)})
+	require.Contains(t, buf.String(), "config.api_key=[redacted]")
+	require.NotContains(t, buf.String(), apiKey)
+}
