@@ -133,8 +133,9 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 // dial connects to the server, giving up after timeout (zero: the SDK's
-// 5 s), and turns the usual failures into advice.
-func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time.Duration) (*client.Client, error) {
+// 5 s), and turns the usual failures into advice. onState, if not nil,
+// follows the connection's state.
+func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time.Duration, onState func(client.State)) (*client.Client, error) {
 	host, _, _ := net.SplitHostPort(e.g.Server) // checked by Validate
 	if host == "" {
 		host = "localhost"
@@ -161,6 +162,7 @@ func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time
 		State:       state,
 		Logger:      e.log,
 		DialTimeout: timeout,
+		OnState:     onState,
 	})
 	if err != nil {
 		return nil, e.explain(err, timeout)
