@@ -184,7 +184,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v) // the client may have gone: nothing to do
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // JSON for programs, not for HTML pages: "<" stays "<"
+	enc.Encode(v)            // the client may have gone: nothing to do
 }
 
 // decode reads one JSON object of at most limit bytes into v. An empty
