@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,5 +151,28 @@ func TestJWTAndHTTPAPI(t *testing.T) {
 			require.NotContains(t, logs, apiKey)
 			require.NotContains(t, logs, token)
 		})
+	}
+}
+
+// Until the server runs, /v1/ says to come back later; with the API off it
+// says how to turn it on.
+func TestAPISlot(t *testing.T) {
+	for _, tc := range []struct {
+		slot   *apiSlot
+		status int
+		want   string
+	}{
+		{&apiSlot{on: true}, http.StatusServiceUnavailable, `{"error":{"code":"unavailable","message":"quicpushd is starting: try again shortly"}}`},
+		{&apiSlot{}, http.StatusNotFound, `{"error":{"code":"not_found","message":"the HTTP API is off: start quicpushd with --api-key-file FILE"}}`},
+	} {
+		hs := httptest.NewServer(tc.slot)
+		resp, err := http.Get(hs.URL + "/v1/channels/room/a")
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		hs.Close()
+		require.NoError(t, err)
+		require.Equal(t, tc.status, resp.StatusCode)
+		require.JSONEq(t, tc.want, string(body))
 	}
 }
