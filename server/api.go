@@ -84,8 +84,9 @@ func (s *Server) ChannelInfo(ctx context.Context, channel string) (ChannelInfo, 
 	return ChannelInfo{Channel: channel, Epoch: b.Epoch, First: b.First, Last: b.Last, Subscribers: s.hub.subscribers(channel)}, nil
 }
 
-// DisconnectUser closes every connection of user with code (FORBIDDEN or
-// UNAUTHORIZED keep it out until its token changes; SHUTTING_DOWN lets it
+// DisconnectUser closes every connection of user with code (UNAUTHORIZED,
+// terminal, keeps it out until its token changes; SHUTTING_DOWN lets it
+// reconnect; a request code such as FORBIDDEN is not terminal, so clients
 // reconnect) and returns how many were closed.
 func (s *Server) DisconnectUser(user string, code stream.ErrCode, reason string) int {
 	s.mu.Lock()

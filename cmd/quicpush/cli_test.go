@@ -399,3 +399,16 @@ func TestRefused(t *testing.T) {
 	require.Equal(t, 1, r.code, r.stderr)
 	require.Contains(t, r.stderr, "refused the connection: UNAUTHORIZED: token expired")
 }
+
+// A sub whose token expires is closed with UNAUTHORIZED: it exits 1 at
+// once instead of waiting for messages that cannot come.
+func TestSubStopsWhenRefusedForGood(t *testing.T) {
+	ts := startServer(t, memstore.New(memstore.Options{}), func(context.Context, server.HelloEvent) (server.HelloReply, error) {
+		return server.HelloReply{User: "alice", ExpiresAt: time.Now().Add(500 * time.Millisecond)}, nil
+	})
+	start := time.Now()
+	r := ts.quicpush(t, "sub", "room/a", "--timeout", "20s")
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, "the server closed the connection for good: UNAUTHORIZED: token expired")
+	require.Less(t, time.Since(start), 10*time.Second)
+}

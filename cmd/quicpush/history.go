@@ -39,7 +39,7 @@ func (c *historyCmd) Validate() error {
 func (c *historyCmd) Run(ctx context.Context, e *env) error {
 	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
-	cl, err := e.dial(ctx, nil, c.Timeout)
+	cl, err := e.dial(ctx, nil, c.Timeout, nil)
 	if err != nil {
 		return err
 	}

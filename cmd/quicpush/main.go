@@ -1,5 +1,6 @@
-// Command quicpush is the quicpush client CLI: it subscribes, publishes and
-// reads history, printing one JSON object per line on stdout. Logs and
+// Command quicpush is the quicpush client CLI: it subscribes, publishes,
+// reads history and mints tokens, printing one JSON object per line on
+// stdout. Logs and
 // errors go to stderr. Exit status: 0 done, 1 failure (unreachable server,
 // refused, timed out, not all arrived), 2 bad usage.
 package main
@@ -57,6 +58,7 @@ type cli struct {
 	Pub     pubCmd     `cmd:"" help:"Publish messages to a channel and print each acknowledgement."`
 	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
 	Netem   netemCmd   `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
+	Token   tokenCmd   `cmd:"" help:"Mint a signed token (JWT) for a server that checks them."`
 }
 
 func (c *cli) Validate() error {
@@ -131,8 +133,9 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 // dial connects to the server, giving up after timeout (zero: the SDK's
-// 5 s), and turns the usual failures into advice.
-func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time.Duration) (*client.Client, error) {
+// 5 s), and turns the usual failures into advice. onState, if not nil,
+// follows the connection's state.
+func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time.Duration, onState func(client.State)) (*client.Client, error) {
 	host, _, _ := net.SplitHostPort(e.g.Server) // checked by Validate
 	if host == "" {
 		host = "localhost"
@@ -159,6 +162,7 @@ func (e *env) dial(ctx context.Context, state client.PositionStore, timeout time
 		State:       state,
 		Logger:      e.log,
 		DialTimeout: timeout,
+		OnState:     onState,
 	})
 	if err != nil {
 		return nil, e.explain(err, timeout)

@@ -82,7 +82,7 @@ type pubLine struct {
 func (c *pubCmd) Run(ctx context.Context, e *env) error {
 	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
-	cl, err := e.dial(ctx, nil, c.Timeout)
+	cl, err := e.dial(ctx, nil, c.Timeout, nil)
 	if err != nil {
 		return err
 	}

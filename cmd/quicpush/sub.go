@@ -84,7 +84,15 @@ func (c *subCmd) Run(ctx context.Context, e *env) error {
 		}
 		state = fs
 	}
-	cl, err := e.dial(ctx, state, c.Timeout)
+	// The client stops on its own when the server refuses it for good
+	// (e.g. UNAUTHORIZED once its token expired): nothing more will come.
+	stopped := make(chan struct{})
+	var once sync.Once
+	cl, err := e.dial(ctx, state, c.Timeout, func(s client.State) {
+		if s == client.Closed {
+			once.Do(func() { close(stopped) })
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -108,6 +116,12 @@ func (c *subCmd) Run(ctx context.Context, e *env) error {
 	select {
 	case <-p.done:
 		return p.err
+	case <-stopped:
+		var pe *stream.Error
+		if errors.As(cl.Err(), &pe) {
+			return fmt.Errorf("the server closed the connection for good: %s: %s", pe.Code, pe.Message)
+		}
+		return fmt.Errorf("the client stopped: %v", cl.Err())
 	case <-ctx.Done():
 	}
 	switch {

@@ -4,6 +4,11 @@
 // everything in ./data and serves a dev certificate whose CA clients trust
 // with --ca ./data/certs/ca.pem.
 //
+// With --jwt-secret-file or --jwt-public-key only clients with a valid JWT
+// are accepted (package auth); without, it runs in dev mode and says so.
+// With --api-key-file the admin server also serves the HTTP API for backends
+// (package httpapi) under /v1/.
+//
 // SIGINT or SIGTERM shut it down gracefully (clients are told to reconnect
 // elsewhere, then the store is closed); SIGHUP reloads --cert and --key.
 package main
@@ -27,6 +32,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicpush/quicpush/certs"
+	"github.com/quicpush/quicpush/httpapi"
 	"github.com/quicpush/quicpush/server"
 	"github.com/quicpush/quicpush/store"
 )
@@ -59,7 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		panic(err) // the flag definitions are wrong
 	}
-	_, err = parser.Parse(args)
+	kctx, err := parser.Parse(args)
 	if exited {
 		return exitCode
 	}
@@ -67,8 +73,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quicpushd: error: %v (see quicpushd --help)\n", err)
 		return exitUsage
 	}
+	if f.PrintConfig {
+		if err := printConfig(stdout, kctx); err != nil {
+			fmt.Fprintf(stderr, "quicpushd: error: cannot write to stdout: %v\n", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+	a, err := loadAccess(f)
+	if err != nil {
+		fmt.Fprintf(stderr, "quicpushd: error: %v (see quicpushd --help)\n", err)
+		return exitUsage
+	}
 	log := newLogger(stderr, f.LogLevel, f.LogFormat)
-	if err := serve(ctx, f, log); err != nil {
+	if err := serve(ctx, f, a, log); err != nil {
 		log.Error(err.Error())
 		return exitFailure
 	}
@@ -77,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // serve wires the server together, serves until a signal, and shuts down.
-func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
+func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -98,7 +116,8 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot listen on TCP %s for the admin server: %w — is another quicpushd running? (choose another address with --admin)", f.Admin, err)
 	}
-	admin := &http.Server{Handler: adminHandler(&ready), ReadHeaderTimeout: 5 * time.Second}
+	api := &apiSlot{on: a.apiKey != nil}
+	admin := &http.Server{Handler: adminHandler(&ready, api), ReadHeaderTimeout: 5 * time.Second}
 	go admin.Serve(adminLn)
 	defer admin.Close()
 
@@ -129,14 +148,19 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 	}
 	tlsConf.SetSessionTicketKeys(keys.TicketKeys())
 
-	srv, err := server.New(server.Config{
+	a.logMode(log)
+	cfg := server.Config{
 		Store:             db,
 		TLSConfig:         tlsConf,
 		Logger:            log,
 		Heartbeat:         f.Heartbeat,
 		StatelessResetKey: (*quic.StatelessResetKey)(&keys.StatelessResetKey),
 		TokenGeneratorKey: (*quic.TokenGeneratorKey)(&keys.TokenGeneratorKey),
-	})
+	}
+	if a.verifier != nil {
+		cfg.Authenticate, cfg.Authorize = a.verifier.Authenticate, a.verifier.Authorize
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -144,6 +168,16 @@ func serve(ctx context.Context, f flags, log *slog.Logger) (err error) {
 	addr, err := srv.Listen(pc)
 	if err != nil {
 		return err
+	}
+	if api.on {
+		h, err := httpapi.New(httpapi.Config{Server: srv, APIKey: a.apiKey, Logger: log.With("component", "httpapi")})
+		if err != nil {
+			return err
+		}
+		api.h.Store(h)
+		log.Info("HTTP API enabled", "url", "http://"+adminLn.Addr().String()+"/v1/")
+	} else {
+		log.Info("HTTP API disabled: no --api-key-file")
 	}
 	ready.Store(true)
 	log.Info("quicpushd listening", "addr", addr.String(), "admin", adminLn.Addr().String(), "data", f.Data)
@@ -199,8 +233,9 @@ func reload(f flags, r *certs.Reloader, log *slog.Logger) {
 	log.Info("SIGHUP: certificate reloaded", "cert", f.Cert)
 }
 
-func adminHandler(ready *atomic.Bool) http.Handler {
+func adminHandler(ready *atomic.Bool, api http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/v1/", api)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

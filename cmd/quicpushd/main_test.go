@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -205,6 +206,8 @@ func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	config := filepath.Join(dir, "typo.yaml")
 	require.NoError(t, os.WriteFile(config, []byte("lisen: :4433\n"), 0o600))
+	short := filepath.Join(dir, "short")
+	require.NoError(t, os.WriteFile(short, []byte("hunter2\n"), 0o600))
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -214,11 +217,17 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "--log-level must be one of"},
 		{[]string{"--config", config}, `unknown key "lisen"`},
 		{[]string{"--config", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
+		{[]string{"--jwt-secret-file", short, "--jwt-public-key", short}, "--jwt-secret-file and --jwt-public-key can't be used together"},
+		{[]string{"--jwt-secret-file", filepath.Join(dir, "missing")}, "--jwt-secret-file: open " + filepath.Join(dir, "missing")},
+		{[]string{"--jwt-secret-file", short}, "an HS256 secret of 7 bytes is too short: use at least 32"},
+		{[]string{"--jwt-public-key", short}, "--jwt-public-key: " + short + ": no PEM block"},
+		{[]string{"--api-key-file", short}, "--api-key-file: " + short + ": an API key of 7 bytes is too short"},
 	} {
 		p := runDaemon(t.Context(), tc.args...)
 		require.Equal(t, 2, p.wait(t), tc.args)
 		require.Contains(t, p.stderr.String(), tc.want)
 		require.Contains(t, p.stderr.String(), "see quicpushd --help")
+		require.NotContains(t, p.stderr.String(), "hunter2", "key files' content is never shown")
 	}
 }
 
@@ -261,10 +270,19 @@ func TestConfigFileAndEnvironment(t *testing.T) {
 	waitReady(t, admin, p.exited, p.stderr)
 	require.Contains(t, p.stderr.String(), fmt.Sprintf(`"msg":"quicpushd listening","addr":%q`, listen))
 	require.NotContains(t, p.stderr.String(), "dev certificate")
+	require.Contains(t, p.stderr.String(), `"level":"WARN","msg":"DEV MODE: no --jwt-secret-file/--jwt-public-key: any client is accepted`)
+	require.Contains(t, p.stderr.String(), `"msg":"HTTP API disabled: no --api-key-file"`)
 	resp, err := http.Get("http://" + admin + "/healthz")
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, err = http.Post("http://"+admin+"/v1/publish", "application/json", strings.NewReader(`{"channel":"room/a","data":"x"}`))
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.JSONEq(t, `{"error":{"code":"not_found","message":"the HTTP API is off: start quicpushd with --api-key-file FILE"}}`, string(body))
 
 	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP)) // quicpushd handles it while it runs
 	require.Eventually(t, func() bool {
