@@ -401,6 +401,12 @@ func (c *conn) serveStream(st *quic.Stream) error {
 func (c *conn) openSession(st *quic.Stream, name string) *session {
 	st.SetPriority(urgencySession, true)
 	sess := newSession(c, st, name)
+	if p, ok := c.s.cfg.Sessions[name]; ok {
+		// Before any other frame of the session: its channels use these.
+		sess.sendOrFail(mustFrame(&pb.Frame{Body: &pb.Frame_SessionOpened{SessionOpened: &pb.SessionOpened{
+			HoleWaitMs: ms(p.HoleWait), MergeWindowMs: ms(p.MergeWindow), RepairBatch: uint32(max(p.RepairBatch, 0)),
+		}}}))
+	}
 	c.mu.Lock()
 	c.sessions[sess] = struct{}{}
 	c.mu.Unlock()
