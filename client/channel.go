@@ -91,6 +91,7 @@ func (ch *channel) onSubscribed(conn *connection, p params, sub *pb.Subscribed) 
 	}
 	ch.havePos = true
 	ch.live, ch.params = conn, p
+	ch.s.c.stats.droppableBase(ch.name, sub.DroppableSeq)
 	ch.skipExpired(sub.FirstRetained)
 	ch.evaluate(true)
 }

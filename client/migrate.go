@@ -83,6 +83,19 @@ type counters struct {
 // of order.
 type dropSeen struct{ first, max, got uint64 }
 
+// droppableBase starts counting channel's droppables after seq (from the
+// server's Subscribed), unless counting has started already.
+func (c *counters) droppableBase(channel string, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dropSeqs == nil {
+		c.dropSeqs = map[string]*dropSeen{}
+	}
+	if c.dropSeqs[channel] == nil {
+		c.dropSeqs[channel] = &dropSeen{first: seq + 1, max: seq}
+	}
+}
+
 func (c *counters) droppable(channel string, seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -89,7 +89,7 @@ func (h *hub) removeIfEmpty(ch *hubChannel) {
 // before it calls fanOut, so no message falls between the two; messages of
 // a batch committed meanwhile may arrive both ways, and the client drops the
 // second copy by its seq. accept runs before any push can reach sess.
-func (h *hub) subscribe(ctx context.Context, sess *session, channel string, accept func(store.Bounds) bool) error {
+func (h *hub) subscribe(ctx context.Context, sess *session, channel string, accept func(b store.Bounds, droppableSeq uint64) bool) error {
 	for {
 		ch := h.lookup(channel, true)
 		ch.mu.Lock()
@@ -98,7 +98,7 @@ func (h *hub) subscribe(ctx context.Context, sess *session, channel string, acce
 			continue
 		}
 		b, err := h.store.Bounds(ctx, channel)
-		if err == nil && accept(b) {
+		if err == nil && accept(b, ch.droppableSeq) {
 			ch.subs[sess] = struct{}{}
 		}
 		h.removeIfEmpty(ch)

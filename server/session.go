@@ -132,8 +132,9 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 	}
 	var refusal *stream.Error
 	var replyErr error
-	err := s.c.s.hub.subscribe(ctx, s, req.Channel, func(b store.Bounds) bool {
-		ans := &pb.Subscribed{RequestId: req.RequestId, Channel: req.Channel, Epoch: b.Epoch, Head: b.Last, FirstRetained: b.First}
+	err := s.c.s.hub.subscribe(ctx, s, req.Channel, func(b store.Bounds, droppableSeq uint64) bool {
+		ans := &pb.Subscribed{RequestId: req.RequestId, Channel: req.Channel, Epoch: b.Epoch, Head: b.Last, FirstRetained: b.First,
+			DroppableSeq: droppableSeq}
 		switch {
 		case req.Start == pb.Start_START_AFTER && req.Epoch != 0 && req.Epoch != b.Epoch:
 			ans.Reset_ = true

@@ -1306,7 +1306,11 @@ type Subscribed struct {
 	// reset is true when the client asked for an epoch that is not the
 	// channel's: its position is void and it starts at start_after of the
 	// new epoch after reporting a "reset" gap.
-	Reset_        bool `protobuf:"varint,7,opt,name=reset,proto3" json:"reset,omitempty"`
+	Reset_ bool `protobuf:"varint,7,opt,name=reset,proto3" json:"reset,omitempty"`
+	// The channel's droppable counter when the subscription started: the
+	// first droppable this subscriber may get is droppable_seq + 1, so it can
+	// count the ones it missed from the start.
+	DroppableSeq  uint64 `protobuf:"varint,8,opt,name=droppable_seq,json=droppableSeq,proto3" json:"droppable_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1388,6 +1392,13 @@ func (x *Subscribed) GetReset_() bool {
 		return x.Reset_
 	}
 	return false
+}
+
+func (x *Subscribed) GetDroppableSeq() uint64 {
+	if x != nil {
+		return x.DroppableSeq
+	}
+	return 0
 }
 
 type Unsubscribe struct {
@@ -2266,7 +2277,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12(\n" +
 	"\x05start\x18\x03 \x01(\x0e2\x12.quicpush.v1.StartR\x05start\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x14\n" +
-	"\x05after\x18\x05 \x01(\x04R\x05after\"\xcd\x01\n" +
+	"\x05after\x18\x05 \x01(\x04R\x05after\"\xf2\x01\n" +
 	"\n" +
 	"Subscribed\x12\x1d\n" +
 	"\n" +
@@ -2277,7 +2288,8 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0efirst_retained\x18\x05 \x01(\x04R\rfirstRetained\x12\x1f\n" +
 	"\vstart_after\x18\x06 \x01(\x04R\n" +
 	"startAfter\x12\x14\n" +
-	"\x05reset\x18\a \x01(\bR\x05reset\"'\n" +
+	"\x05reset\x18\a \x01(\bR\x05reset\x12#\n" +
+	"\rdroppable_seq\x18\b \x01(\x04R\fdroppableSeq\"'\n" +
 	"\vUnsubscribe\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\"\xf1\x01\n" +
 	"\x04Push\x12\x18\n" +
