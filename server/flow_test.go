@@ -278,3 +278,29 @@ func TestUnknownClassRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, b.Last)
 }
+
+// A client that subscribes and then never reads its stream: the server
+// stops pushing to it (counted), never queues without end, and everyone
+// else is served as usual.
+func TestClientThatNeverReads(t *testing.T) {
+	ts := runServer(t, server.Config{BehindBytes: 16 << 10, PublishRate: -1})
+	rc := dialRaw(t, ts)
+	rc.hello()
+	rc.open(&pb.Frame{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: "s"}}},
+		&pb.Frame{Body: &pb.Frame_Subscribe{Subscribe: &pb.Subscribe{Channel: "room/n", Start: pb.Start_START_AFTER}}})
+	rec := newRecorder()
+	good := dial(t, ts, client.Config{})
+	_, err := good.Session("s").Subscribe(context.Background(), "room/n", client.SubscribeOptions{Since: seqPtr(0)}, rec.handle)
+	require.NoError(t, err)
+	pub := dial(t, ts, client.Config{}).Session("p")
+	payload := make([]byte, 2000)
+	for i := 0; i < 1000; i++ { // 2 MB: far beyond the stream's flow-control window
+		_, err := pub.Publish(context.Background(), "room/n", payload, client.PublishOptions{})
+		require.NoError(t, err)
+	}
+	rec.waitCount(t, "room/n", 1000, 10*time.Second)
+	rec.requireExactly(t, "room/n", 1, 1000)
+	require.Equal(t, uint64(1), ts.Stats().BehindEvents)
+	require.Zero(t, ts.Stats().SlowConsumers)
+	require.Equal(t, 3, ts.ConnCount(), "the one that never reads is still connected, and so is everyone else")
+}
