@@ -34,9 +34,11 @@ type subscription struct{ session, channel string }
 func (subCmd) Help() string {
 	return `Prints one JSON object per message handed over:
   {"session","channel","seq","epoch","class":"reliable"|"droppable","data","repaired","id","from","time"}
-and one per range of seqs that will never arrive (expired by retention, or the
+one per range of seqs that will never arrive (expired by retention, or the
 channel's history was reset):
   {"session","channel","gap":[from,to],"reason":"expired"|"reset","epoch"}
+and, when the server shed droppable messages because this client fell behind:
+  {"session","channel","shed":N}
 (to is null when unknown). A line is written before the message counts as
 handled, so with --state a crash never loses a message: at worst the last one
 is printed again.`
@@ -101,7 +103,7 @@ func (c *subCmd) Run(ctx context.Context, e *env) error {
 
 	p := &printer{w: e.stdout, limit: c.Count, done: make(chan struct{})}
 	for _, s := range c.parsed {
-		opts := client.SubscribeOptions{Since: c.Since, OnGap: p.gap(s.session), OnError: p.refused(s)}
+		opts := client.SubscribeOptions{Since: c.Since, OnGap: p.gap(s.session), OnShed: p.shed(s.session), OnError: p.refused(s)}
 		if _, err := cl.Session(s.session).Subscribe(ctx, s.channel, opts, p.message(s.session)); err != nil {
 			return subscribeError(s, err)
 		}
@@ -263,6 +265,23 @@ func (p *printer) message(session string) client.Handler {
 			close(p.done)
 		}
 		return nil
+	}
+}
+
+// shedLine says how many droppable messages the server shed for us.
+type shedLine struct {
+	Session string `json:"session,omitempty"`
+	Channel string `json:"channel"`
+	Shed    uint64 `json:"shed"`
+}
+
+func (p *printer) shed(session string) func(client.Shed) {
+	return func(s client.Shed) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.stopped() {
+			p.write(shedLine{Session: session, Channel: s.Channel, Shed: s.Count})
+		}
 	}
 }
 
