@@ -125,24 +125,25 @@ func (ch *channel) skipExpired(firstRetained uint64) {
 }
 
 // onPush takes a message from the live push or a repair.
-func (ch *channel) onPush(p *pb.Push, repaired bool) {
+// It reports whether the push was new (not a duplicate, not dropped).
+func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if ch.closed {
-		return
+		return false
 	}
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		// Never repaired and never waited for: a hole in droppable_seq is
 		// only counted (shed by the server, told by Shed, or lost).
 		ch.s.c.stats.droppable(p.Channel, p.DroppableSeq)
 		ch.enqueue(item{msg: messageFrom(p, repaired)})
-		return
+		return true
 	}
 	if ch.epoch == 0 && ch.queued == 0 {
 		ch.epoch = p.Epoch // the channel got its first message after we subscribed
 	}
 	if p.Epoch != ch.epoch || p.Seq <= ch.queued {
-		return // another epoch's, or a duplicate
+		return false // another epoch's, or a duplicate
 	}
 	ch.head = max(ch.head, p.Seq)
 	if len(ch.ready) >= ch.s.c.cfg.BufferLimit {
@@ -152,11 +153,26 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) {
 		ch.queued++
 		ch.enqueue(item{msg: messageFrom(p, repaired), save: &Position{Epoch: ch.epoch, Seq: p.Seq}})
 		ch.drain()
+		fresh = true
 	} else if _, ok := ch.buf[p.Seq]; !ok && len(ch.buf) < ch.s.c.cfg.BufferLimit {
 		ch.buf[p.Seq] = messageFrom(p, repaired)
+		fresh = true
 	}
 	if !repaired {
 		ch.evaluate(false)
+	}
+	return fresh
+}
+
+// onCopy takes the redundant copy of a critical push (a datagram, or a
+// stream of its own). It goes through the same order rule as every push:
+// handed over only after everything before it; kept only if it is the
+// first copy of its seq to arrive.
+func (ch *channel) onCopy(p *pb.Push) {
+	if ch.onPush(p, false) {
+		ch.s.c.stats.copiesFirst.Add(1)
+	} else {
+		ch.s.c.stats.copiesWasted.Add(1)
 	}
 }
 

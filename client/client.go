@@ -537,10 +537,11 @@ func (c *Client) connect(ctx context.Context, timeout time.Duration) (*connectio
 	tlsConf := c.tls.Clone()
 	tlsConf.ClientSessionCache = attemptCache{c.tls.ClientSessionCache, ctx}
 	qc, err := nw.tr.DialEarly(ctx, c.addr, tlsConf, &quic.Config{
-		HandshakeIdleTimeout: timeout,
-		MaxIdleTimeout:       2 * heartbeatLimits[1],
-		MaxIncomingStreams:   -1,   // the server opens no streams
-		EnableDatagrams:      true, // droppable pushes
+		HandshakeIdleTimeout:  timeout,
+		MaxIdleTimeout:        2 * heartbeatLimits[1],
+		MaxIncomingStreams:    -1,   // the server opens no streams
+		EnableDatagrams:       true, // droppable pushes and critical copies
+		MaxIncomingUniStreams: 100,  // critical copies that do not fit a datagram
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", c.addr, err)

@@ -109,6 +109,9 @@ func newConnection(ctx context.Context, c *Client, qc *quic.Conn, nw *network) (
 	if conn.features&stream.FeatureDatagrams != 0 {
 		c.goTracked(conn.readDatagrams)
 	}
+	if conn.features&stream.FeatureCriticalCopies != 0 {
+		c.goTracked(conn.readCopies)
+	}
 	c.goTracked(func() {
 		<-qc.Context().Done()
 		conn.closeOnce.Do(func() { close(conn.done) })
@@ -244,12 +247,38 @@ func (conn *connection) readDatagrams() {
 		}
 		f, err := stream.DecodeFrame(b)
 		p := f.GetPush()
-		if err != nil || p == nil || p.Class != pb.Class_CLASS_DROPPABLE {
-			conn.close(stream.FrameUnexpected, "a datagram must hold a droppable push")
+		if err != nil || p == nil || (p.Class != pb.Class_CLASS_DROPPABLE && !p.Critical) {
+			conn.close(stream.FrameUnexpected, "a datagram must hold a droppable or critical push")
 			return
 		}
-		if ch := conn.c.subscription(p.Channel); ch != nil {
-			ch.onPush(p, false)
+		conn.deliverDatagram(p)
+	}
+}
+
+func (conn *connection) deliverDatagram(p *pb.Push) {
+	ch := conn.c.subscription(p.Channel)
+	switch {
+	case ch == nil:
+	case p.Critical && p.Class == pb.Class_CLASS_RELIABLE:
+		ch.onCopy(p)
+	default:
+		ch.onPush(p, false)
+	}
+}
+
+// readCopies takes copies of critical pushes that came on unidirectional
+// streams of their own (one Push each).
+func (conn *connection) readCopies() {
+	for {
+		st, err := conn.qc.AcceptUniStream(conn.qc.Context())
+		if err != nil {
+			return
+		}
+		st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		f, err := stream.NewReader(st, 0).ReadFrame()
+		st.CancelRead(0)
+		if p := f.GetPush(); err == nil && p != nil && p.Critical {
+			conn.deliverDatagram(p)
 		}
 	}
 }

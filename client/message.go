@@ -22,6 +22,7 @@ type Message struct {
 	From         string    // the publishing user
 	ID           string    // the publisher's client message id
 	Repaired     bool      // it came over a repair stream, not the live push
+	Critical     bool      // published as critical (redundant delivery)
 }
 
 // Gap reports seqs of a channel that will never be handed over.
@@ -64,6 +65,6 @@ func messageFrom(p *pb.Push, repaired bool) Message {
 	return Message{
 		Channel: p.Channel, Epoch: p.Epoch, Seq: p.Seq,
 		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
-		Data: p.Data, Time: time.Unix(0, p.TimeUnixNs), From: p.From, ID: p.Id, Repaired: repaired,
+		Data: p.Data, Time: time.Unix(0, p.TimeUnixNs), From: p.From, ID: p.Id, Repaired: repaired, Critical: p.Critical,
 	}
 }

@@ -68,11 +68,15 @@ type Stats struct {
 	DroppableDelivered uint64
 	DroppableShed      uint64
 	DroppableMissing   uint64
+	// Copies of critical messages: kept because they arrived first, or
+	// dropped because the stream copy (or another) was first.
+	CopiesFirst, CopiesWasted uint64
 }
 
 type counters struct {
 	connects, used0RTT, migrations, fallbacks atomic.Uint64
 	droppableDelivered, droppableShed         atomic.Uint64
+	copiesFirst, copiesWasted                 atomic.Uint64
 
 	mu       sync.Mutex
 	dropSeqs map[string]*dropSeen // per channel
@@ -133,7 +137,8 @@ func (c *Client) Stats() Stats {
 		Migrations: c.stats.migrations.Load(), MigrationFallbacks: c.stats.fallbacks.Load(),
 		DroppableDelivered: c.stats.droppableDelivered.Load(), DroppableShed: c.stats.droppableShed.Load(),
 		DroppableMissing: c.stats.missing(),
-		LocalAddr:        local,
+		CopiesFirst:      c.stats.copiesFirst.Load(), CopiesWasted: c.stats.copiesWasted.Load(),
+		LocalAddr: local,
 	}
 }
 

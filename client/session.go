@@ -402,6 +402,10 @@ type PublishOptions struct {
 	ID string
 	// Droppable messages are not stored or numbered and may be shed.
 	Droppable bool
+	// Critical (reliable messages only) asks for redundant delivery: the
+	// server also sends a copy on an independent path while a subscriber's
+	// connection sees loss, so a lost packet does not delay it.
+	Critical bool
 }
 
 // PublishResult is the server's acknowledgement.
@@ -444,7 +448,7 @@ func (s *Session) Publish(ctx context.Context, channel string, data []byte, opts
 	s.mu.Lock()
 	s.nextReq++
 	reqID := s.nextReq
-	p.frame = &pb.Frame{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: reqID, Channel: channel, Data: data, Class: class, Id: id}}}
+	p.frame = &pb.Frame{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: reqID, Channel: channel, Data: data, Class: class, Id: id, Critical: opts.Critical}}}
 	s.pubs[reqID] = p
 	if s.send != nil {
 		s.send.SendFrames(p.frame) // on failure the connection ends and resume resends it

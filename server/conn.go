@@ -42,6 +42,7 @@ type conn struct {
 	control atomic.Pointer[stream.Sender] // set once the hello is done
 
 	features   uint64        // negotiated in the hello
+	redundancy redundancy    // copies of critical messages
 	publishes  *rate.Limiter // nil: unlimited
 	dgrams     chan dgram    // droppable pushes for the datagram writer
 	dgramsOnce sync.Once
@@ -152,6 +153,8 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if cfg.PublishRate > 0 {
 		c.publishes = rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst)
 	}
+	// The burst is one second's budget: a copy larger than that never goes.
+	c.redundancy.budget = rate.NewLimiter(rate.Limit(max(cfg.Critical.BudgetBytes, 0)), max(cfg.Critical.BudgetBytes, 0))
 	err = control.SendFrames(&pb.Frame{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
 		Version: stream.Version, Minor: stream.MinorVersion, Features: c.features,
 		ConnectionId: c.id, User: c.user,
@@ -263,17 +266,18 @@ func (c *conn) authorize(action Action, channel string, droppable bool) *stream.
 
 // dgram is a droppable push for the datagram writer.
 type dgram struct {
-	sess    *session
-	channel string
-	body    []byte // the Frame, for the datagram
-	frame   []byte // with its length prefix, for the stream if it does not fit
+	sess     *session
+	channel  string
+	body     []byte // the Frame, for the datagram
+	frame    []byte // with its length prefix, for the stream if it does not fit
+	critical bool   // a copy of a critical reliable push
 }
 
 // sendDatagram hands a droppable push to the connection's datagram writer
 // if the client takes datagrams; false means "use the stream". A full
 // writer queue sheds the push (quic-go's own queue blocks at 32, so the
 // writer must never fall far behind). Called with sess.outMu held.
-func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte) bool {
+func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte, critical bool) bool {
 	if c.features&stream.FeatureDatagrams == 0 {
 		return false
 	}
@@ -286,8 +290,12 @@ func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte) b
 		}()
 	})
 	select {
-	case c.dgrams <- dgram{sess, channel, body, frame}:
+	case c.dgrams <- dgram{sess, channel, body, frame, critical}:
 	default:
+		if critical {
+			c.s.counters.copiesFailed.Add(1) // the stream copy still goes
+			return true
+		}
 		sess.out.shed[channel]++
 		c.s.counters.droppableShed.Add(1)
 	}
@@ -306,9 +314,13 @@ func (c *conn) writeDatagrams() {
 			err := c.qc.SendDatagram(d.body)
 			var tooLarge *quic.DatagramTooLargeError
 			switch {
+			case err == nil && d.critical:
+				c.s.counters.copiesDatagram.Add(1)
 			case err == nil:
 				c.s.counters.datagramsOut.Add(1)
 				c.s.counters.droppableOut.Add(1)
+			case errors.As(err, &tooLarge) && d.critical:
+				c.copyOnStream(d.frame)
 			case errors.As(err, &tooLarge):
 				d.sess.outMu.Lock()
 				d.sess.sendDroppable(d.frame)

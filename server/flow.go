@@ -41,6 +41,7 @@ type queuedDroppable struct {
 type counters struct {
 	droppableIn, droppableRateLimited, droppableOut, droppableShed, datagramsOut atomic.Uint64
 	reliableRateLimited, behind, resumed, slowConsumers                          atomic.Uint64
+	copiesDatagram, copiesStream, copiesOverBudget, copiesFailed, copyBytes      atomic.Uint64
 }
 
 // Stats are the server's counters since it started.
@@ -54,6 +55,9 @@ type Stats struct {
 	BehindEvents         uint64 // a session stopped being pushed a channel
 	Resumes              uint64 // ... and started again
 	SlowConsumers        uint64 // connections closed with SLOW_CONSUMER
+	// Copies of critical messages: sent as datagrams, sent on streams of
+	// their own, not sent for the byte budget, failed to send; copy bytes.
+	CopiesDatagram, CopiesStream, CopiesOverBudget, CopiesFailed, CopyBytes uint64
 }
 
 // Stats returns the server's counters.
@@ -63,7 +67,9 @@ func (s *Server) Stats() Stats {
 		DroppablePublished: c.droppableIn.Load(), DroppableRateLimited: c.droppableRateLimited.Load(),
 		DroppablePushed: c.droppableOut.Load(), DroppableShed: c.droppableShed.Load(), DatagramsSent: c.datagramsOut.Load(),
 		ReliableRateLimited: c.reliableRateLimited.Load(), BehindEvents: c.behind.Load(), Resumes: c.resumed.Load(),
-		SlowConsumers: c.slowConsumers.Load(),
+		SlowConsumers:  c.slowConsumers.Load(),
+		CopiesDatagram: c.copiesDatagram.Load(), CopiesStream: c.copiesStream.Load(),
+		CopiesOverBudget: c.copiesOverBudget.Load(), CopiesFailed: c.copiesFailed.Load(), CopyBytes: c.copyBytes.Load(),
 	}
 }
 
@@ -93,7 +99,7 @@ func (s *session) pushDroppable(channel string, body, frame []byte) {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	if s.send.Queued() == 0 && len(s.out.dropQ) == 0 && s.out.shed[channel] == 0 {
-		if s.c.sendDatagram(s, channel, body, frame) {
+		if s.c.sendDatagram(s, channel, body, frame, false) {
 			return
 		}
 		s.sendDroppable(frame)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -23,6 +24,7 @@ type hub struct {
 	store       Store
 	log         *slog.Logger
 	limits      channelLimits
+	critical    CriticalConfig
 	notifyAbove int           // subscribers beyond which a channel notifies; <0: never
 	mergeWindow time.Duration // between two notices of a channel
 
@@ -146,12 +148,26 @@ func (h *hub) fanOut(msgs []store.Message) {
 				h.announce(ch, last.Epoch, last.Seq)
 			} else if len(ch.subs) > 0 {
 				buf = buf[:0]
+				var copies [][2][]byte // critical pushes: body, frame
+				allCritical := h.critical.channel(ch.name)
 				for _, m := range msgs[i:j] {
-					buf = h.appendPush(buf, pushFrame(m))
+					f := pushFrame(m)
+					if m.Critical || allCritical {
+						f.GetPush().Critical = true
+						at := len(buf)
+						buf = h.appendPush(buf, f)
+						frame := bytes.Clone(buf[at:]) // buf is reused; copies outlive it
+						copies = append(copies, [2][]byte{frame[len(frame)-proto.Size(f):], frame})
+						continue
+					}
+					buf = h.appendPush(buf, f)
 				}
 				last := msgs[j-1]
 				for sess := range ch.subs {
 					sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf)
+					for _, c := range copies {
+						sess.c.copyCritical(sess, ch.name, c[0], c[1])
+					}
 				}
 			}
 			ch.mu.Unlock()

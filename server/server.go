@@ -77,6 +77,8 @@ type Config struct {
 	DroppableQueueBytes int
 	// Sessions override the client parameters per business session name.
 	Sessions map[string]SessionParams
+	// Critical configures redundant delivery of critical messages.
+	Critical CriticalConfig
 	// CursorFlushInterval coalesces acknowledged cursors before they are
 	// written to the store. Zero: 1 s.
 	CursorFlushInterval time.Duration
@@ -136,6 +138,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DroppableQueueBytes <= 0 {
 		c.DroppableQueueBytes = 64 << 10
 	}
+	c.Critical = c.Critical.withDefaults()
 	if err := channelLimits(c.ChannelLimits).validate(); err != nil {
 		return c, err
 	}
@@ -185,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*conn]struct{}{},
 	}
 	s.hub = newHub(cfg.Store, cfg.Logger, cfg.ChannelLimits, cfg.NotifyAbove, cfg.MergeWindow)
+	s.hub.critical = cfg.Critical
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
 	s.wg.Add(1)

@@ -220,6 +220,9 @@ func (s *session) publish(p *pb.Publish) error {
 	if p.Class != pb.Class_CLASS_RELIABLE && p.Class != pb.Class_CLASS_DROPPABLE {
 		return s.replyError(stream.Errorf(stream.BadRequest, "unknown message class %d", p.Class), p.RequestId, p.Channel)
 	}
+	if p.Critical && p.Class == pb.Class_CLASS_DROPPABLE {
+		return s.replyError(stream.Errorf(stream.BadRequest, "only reliable messages can be critical"), p.RequestId, p.Channel)
+	}
 	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
 		return s.replyError(e, p.RequestId, p.Channel)
 	}
@@ -324,7 +327,7 @@ type publishResult struct {
 func (s *session) store(batch []*pb.Publish) []publishResult {
 	reqs := make([]store.AppendRequest, len(batch))
 	for i, p := range batch {
-		reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data}
+		reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data, Critical: p.Critical}
 	}
 	ctx := context.WithoutCancel(s.c.ctx) // a publish taken is finished
 	out := make([]publishResult, len(batch))

@@ -341,7 +341,7 @@ func (b *batch) addAppends(ops []*appendOp) error {
 			}
 			b.msgs = append(b.msgs, Message{
 				Channel: r.Channel, Epoch: h.epoch, Seq: res.Seq, Time: b.now,
-				From: r.From, ID: r.ID, Data: val[len(val)-len(r.Data):],
+				From: r.From, ID: r.ID, Data: val[len(val)-len(r.Data):], Critical: r.Critical,
 			})
 			op.res[i] = res
 		}

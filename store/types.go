@@ -14,6 +14,9 @@ type Message struct {
 	From    string    // the publishing user, "" when unknown
 	ID      string    // the publisher's client message id, "" when none
 	Data    []byte
+	// Critical is passed from AppendRequest to Watch for fan-out only; it
+	// is not stored.
+	Critical bool
 }
 
 // AppendRequest asks to append one message to a channel.
@@ -25,6 +28,8 @@ type AppendRequest struct {
 	// nothing and returns the original seq with Duplicate set.
 	ID   string
 	Data []byte
+	// Critical asks the server for redundant delivery; see Message.Critical.
+	Critical bool
 }
 
 // AppendResult is the outcome of one AppendRequest, once durable.

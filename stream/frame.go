@@ -39,9 +39,13 @@ const (
 	// FeatureDatagrams: the client takes droppable pushes as QUIC
 	// datagrams, each holding one Frame (no length prefix).
 	FeatureDatagrams uint64 = 1 << 1
+	// FeatureCriticalCopies: the client takes copies of critical reliable
+	// pushes as datagrams (with FeatureDatagrams) and on unidirectional
+	// streams the server opens, one Push each.
+	FeatureCriticalCopies uint64 = 1 << 2
 
 	// Features is every feature this implementation has.
-	Features = FeatureTokenRefresh | FeatureDatagrams
+	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies
 )
 
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.

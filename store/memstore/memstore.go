@@ -157,6 +157,7 @@ func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store
 		m := store.Message{Channel: r.Channel, Epoch: c.epoch, Seq: c.last, Time: now,
 			From: r.From, ID: r.ID, Data: append([]byte(nil), r.Data...)}
 		c.msgs = append(c.msgs, m)
+		m.Critical = r.Critical // for the watchers only, like the Badger store
 		msgs = append(msgs, m)
 		if r.ID != "" {
 			s.idem[k] = idemEntry{seq: m.Seq, expires: now.Add(s.opts.IdempotencyTTL)}

@@ -1449,16 +1449,20 @@ func (x *Unsubscribe) GetChannel() string {
 // encodes it once per message and writes the same bytes to every
 // subscriber. A Push on a repair stream "arrived by repair".
 type Push struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"` // reliable: the channel seq; droppable: 0
-	Class         Class                  `protobuf:"varint,4,opt,name=class,proto3,enum=quicpush.v1.Class" json:"class,omitempty"`
-	Data          []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
-	TimeUnixNs    int64                  `protobuf:"varint,6,opt,name=time_unix_ns,json=timeUnixNs,proto3" json:"time_unix_ns,omitempty"`     // when the server stored (or took) the message
-	From          string                 `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`                                      // the publishing user
-	Id            string                 `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`                                          // the publisher's client message id
-	DroppableSeq  uint64                 `protobuf:"varint,9,opt,name=droppable_seq,json=droppableSeq,proto3" json:"droppable_seq,omitempty"` // droppable: the channel's droppable counter
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Channel      string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch        uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq          uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"` // reliable: the channel seq; droppable: 0
+	Class        Class                  `protobuf:"varint,4,opt,name=class,proto3,enum=quicpush.v1.Class" json:"class,omitempty"`
+	Data         []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	TimeUnixNs   int64                  `protobuf:"varint,6,opt,name=time_unix_ns,json=timeUnixNs,proto3" json:"time_unix_ns,omitempty"`     // when the server stored (or took) the message
+	From         string                 `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`                                      // the publishing user
+	Id           string                 `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`                                          // the publisher's client message id
+	DroppableSeq uint64                 `protobuf:"varint,9,opt,name=droppable_seq,json=droppableSeq,proto3" json:"droppable_seq,omitempty"` // droppable: the channel's droppable counter
+	// critical: a reliable message the server may also send as a copy on an
+	// independent path (a datagram, or a stream of its own) so that a lost
+	// packet does not delay it; the client keeps the first copy by seq.
+	Critical      bool `protobuf:"varint,10,opt,name=critical,proto3" json:"critical,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1556,6 +1560,13 @@ func (x *Push) GetDroppableSeq() uint64 {
 	return 0
 }
 
+func (x *Push) GetCritical() bool {
+	if x != nil {
+		return x.Critical
+	}
+	return false
+}
+
 // Ack: the client has handled channel up to seq in epoch (cumulative).
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1625,7 +1636,10 @@ type Publish struct {
 	Class     Class                  `protobuf:"varint,4,opt,name=class,proto3,enum=quicpush.v1.Class" json:"class,omitempty"`
 	// id is the client message id: with it a retried publish is stored once
 	// (idempotency key: channel, user, id).
-	Id            string `protobuf:"bytes,5,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,5,opt,name=id,proto3" json:"id,omitempty"`
+	// critical asks for redundant delivery (reliable messages only; on a
+	// droppable one it gets BAD_REQUEST).
+	Critical      bool `protobuf:"varint,6,opt,name=critical,proto3" json:"critical,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1693,6 +1707,13 @@ func (x *Publish) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *Publish) GetCritical() bool {
+	if x != nil {
+		return x.Critical
+	}
+	return false
 }
 
 type PublishAck struct {
@@ -2291,7 +2312,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x05reset\x18\a \x01(\bR\x05reset\x12#\n" +
 	"\rdroppable_seq\x18\b \x01(\x04R\fdroppableSeq\"'\n" +
 	"\vUnsubscribe\x12\x18\n" +
-	"\achannel\x18\x01 \x01(\tR\achannel\"\xf1\x01\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\"\x8d\x02\n" +
 	"\x04Push\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
@@ -2302,18 +2323,21 @@ const file_quicpush_proto_rawDesc = "" +
 	"timeUnixNs\x12\x12\n" +
 	"\x04from\x18\a \x01(\tR\x04from\x12\x0e\n" +
 	"\x02id\x18\b \x01(\tR\x02id\x12#\n" +
-	"\rdroppable_seq\x18\t \x01(\x04R\fdroppableSeq\"G\n" +
+	"\rdroppable_seq\x18\t \x01(\x04R\fdroppableSeq\x12\x1a\n" +
+	"\bcritical\x18\n" +
+	" \x01(\bR\bcritical\"G\n" +
 	"\x03Ack\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x90\x01\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xac\x01\n" +
 	"\aPublish\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12(\n" +
 	"\x05class\x18\x04 \x01(\x0e2\x12.quicpush.v1.ClassR\x05class\x12\x0e\n" +
-	"\x02id\x18\x05 \x01(\tR\x02id\"\xa5\x01\n" +
+	"\x02id\x18\x05 \x01(\tR\x02id\x12\x1a\n" +
+	"\bcritical\x18\x06 \x01(\bR\bcritical\"\xa5\x01\n" +
 	"\n" +
 	"PublishAck\x12\x1d\n" +
 	"\n" +
