@@ -289,6 +289,10 @@ func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte, c
 			c.writeDatagrams()
 		}()
 	})
+	if c.ctx.Err() != nil {
+		c.dropDatagram(dgram{critical: critical}) // the writer is gone
+		return true
+	}
 	select {
 	case c.dgrams <- dgram{sess, channel, body, frame, critical}:
 	default:
@@ -306,6 +310,17 @@ func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte, c
 // one too large for the path (the limit shrinks after a path change) goes
 // on its session's stream instead.
 func (c *conn) writeDatagrams() {
+	defer func() {
+		// The connection is gone: what waits here is shed with it.
+		for {
+			select {
+			case d := <-c.dgrams:
+				c.dropDatagram(d)
+			default:
+				return
+			}
+		}
+	}()
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -326,9 +341,19 @@ func (c *conn) writeDatagrams() {
 				d.sess.sendDroppable(d.frame)
 				d.sess.outMu.Unlock()
 			default:
+				c.dropDatagram(d)
 				return // the connection is closing
 			}
 		}
+	}
+}
+
+// dropDatagram counts a datagram that will never be sent.
+func (c *conn) dropDatagram(d dgram) {
+	if d.critical {
+		c.s.counters.copiesFailed.Add(1)
+	} else {
+		c.s.counters.droppableShed.Add(1)
 	}
 }
 
