@@ -136,6 +136,9 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 		// Never repaired and never waited for: a hole in droppable_seq is
 		// only counted (shed by the server, told by Shed, or lost).
 		ch.s.c.stats.droppable(p.Channel, p.DroppableSeq)
+		if len(ch.ready) >= ch.s.c.cfg.BufferLimit {
+			return false // the handler is behind: thinned here too (counted as missing)
+		}
 		ch.enqueue(item{msg: messageFrom(p, repaired)})
 		return true
 	}
@@ -196,9 +199,14 @@ func (ch *channel) onShedNotice(count uint64) {
 	ch.s.c.stats.droppableShed.Add(count)
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if !ch.closed {
-		ch.enqueue(item{shed: &Shed{Channel: ch.name, Count: count}})
+	if ch.closed {
+		return
 	}
+	if n := len(ch.ready); n > 0 && ch.ready[n-1].shed != nil {
+		ch.ready[n-1].shed.Count += count // one notice, however many came
+		return
+	}
+	ch.enqueue(item{shed: &Shed{Channel: ch.name, Count: count}})
 }
 
 // drain queues buffered messages that are now next in order.

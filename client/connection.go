@@ -246,8 +246,12 @@ func (conn *connection) readDatagrams() {
 			return
 		}
 		f, err := stream.DecodeFrame(b)
+		if err != nil {
+			conn.close(stream.FrameMalformed, "undecodable datagram")
+			return
+		}
 		p := f.GetPush()
-		if err != nil || p == nil || (p.Class != pb.Class_CLASS_DROPPABLE && !p.Critical) {
+		if p == nil || (p.Class != pb.Class_CLASS_DROPPABLE && !p.Critical) {
 			conn.close(stream.FrameUnexpected, "a datagram must hold a droppable or critical push")
 			return
 		}

@@ -78,14 +78,22 @@ type counters struct {
 	droppableDelivered, droppableShed         atomic.Uint64
 	copiesFirst, copiesWasted                 atomic.Uint64
 
-	mu       sync.Mutex
-	dropSeqs map[string]*dropSeen // per channel
+	mu          sync.Mutex
+	dropSeqs    map[string]*dropSeen // per channel, since its last subscribe
+	missingDone uint64               // missing in earlier subscriptions
 }
 
 // dropSeen tracks a channel's droppable_seq: the first and highest seen and
 // how many arrived, so that holes count once even when datagrams come out
 // of order.
 type dropSeen struct{ first, max, got uint64 }
+
+func (d *dropSeen) missing() uint64 {
+	if span := d.max + 1 - d.first; span > d.got {
+		return span - d.got
+	}
+	return 0
+}
 
 // droppableBase starts counting channel's droppables after seq (from the
 // server's Subscribed), unless counting has started already.
@@ -95,9 +103,12 @@ func (c *counters) droppableBase(channel string, seq uint64) {
 	if c.dropSeqs == nil {
 		c.dropSeqs = map[string]*dropSeen{}
 	}
-	if c.dropSeqs[channel] == nil {
-		c.dropSeqs[channel] = &dropSeen{first: seq + 1, max: seq}
+	// Each subscribe starts a new count: the server's counter may have
+	// started over meanwhile (a channel nobody else was subscribed to).
+	if d := c.dropSeqs[channel]; d != nil {
+		c.missingDone += d.missing()
 	}
+	c.dropSeqs[channel] = &dropSeen{first: seq + 1, max: seq}
 }
 
 func (c *counters) droppable(channel string, seq uint64) {
@@ -120,9 +131,9 @@ func (c *counters) droppable(channel string, seq uint64) {
 func (c *counters) missing() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var n uint64
+	n := c.missingDone
 	for _, d := range c.dropSeqs {
-		n += d.max - d.first + 1 - d.got
+		n += d.missing()
 	}
 	return n
 }

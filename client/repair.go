@@ -20,10 +20,13 @@ func (s *Session) repair(conn *connection, ch *channel, epoch, from, to uint64) 
 	}, func(e *pb.RepairEnd) { end = e })
 	if err != nil {
 		var pe *stream.Error
-		if errors.As(err, &pe) && pe.Code == stream.WrongEpoch {
+		switch {
+		case errors.As(err, &pe) && pe.Code == stream.WrongEpoch:
 			// The channel's history changed under us: a fresh subscribe
 			// reports the reset and restarts the channel.
 			conn.close(stream.NoError, "")
+		case errors.As(err, &pe) && pe.Code == stream.Forbidden:
+			s.refused(ch.name, pe) // asking again would not help
 		}
 		s.c.log.Debug("repair failed", "channel", ch.name, "from", from, "to", to, "err", err)
 	}

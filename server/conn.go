@@ -338,7 +338,10 @@ func (c *conn) writeDatagrams() {
 				c.copyOnStream(d.frame)
 			case errors.As(err, &tooLarge):
 				d.sess.outMu.Lock()
-				d.sess.sendDroppable(d.frame)
+				d.sess.queueDroppable(d.channel, d.frame) // behind what waits already
+				if d.sess.send.Idle() {
+					d.sess.flushOutbox()
+				}
 				d.sess.outMu.Unlock()
 			default:
 				c.dropDatagram(d)

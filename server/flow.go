@@ -98,13 +98,24 @@ func (s *session) pushReliable(channel string, epoch, head uint64, frames []byte
 func (s *session) pushDroppable(channel string, body, frame []byte) {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
-	if s.send.Queued() == 0 && len(s.out.dropQ) == 0 && s.out.shed[channel] == 0 {
+	if s.send.Idle() {
+		// Tell what was shed and send what waited (a full datagram queue
+		// sheds with the stream idle, and nothing else would flush it).
+		s.flushOutbox()
+	}
+	if s.send.Idle() && len(s.out.dropQ) == 0 && s.out.shed[channel] == 0 {
 		if s.c.sendDatagram(s, channel, body, frame, false) {
 			return
 		}
 		s.sendDroppable(frame)
 		return
 	}
+	s.queueDroppable(channel, frame)
+}
+
+// queueDroppable queues a droppable push for when the stream is idle,
+// shedding the oldest beyond the queue's bound; s.outMu held.
+func (s *session) queueDroppable(channel string, frame []byte) {
 	s.out.dropQ = append(s.out.dropQ, queuedDroppable{channel, frame})
 	s.out.dropBytes += len(frame)
 	for s.out.dropBytes > s.c.s.cfg.DroppableQueueBytes && len(s.out.dropQ) > 0 {
@@ -121,6 +132,12 @@ func (s *session) pushDroppable(channel string, body, frame []byte) {
 func (s *session) onIdle() {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
+	s.flushOutbox()
+}
+
+// flushOutbox sends the resumptions, the shed counts and the waiting
+// droppables; s.outMu held.
+func (s *session) flushOutbox() {
 	var out []byte
 	for channel, b := range s.out.behind {
 		b.Reason = pb.HeadNotice_REASON_RESUMED

@@ -51,8 +51,6 @@ func newSession(c *conn, st *quic.Stream, name string) *session {
 	return s
 }
 
-// push queues encoded frames for the client; it never blocks (hub.fanOut
-// calls it under the hub's lock).
 // end finishes a session the client closed (FIN): no more pushes, the
 // publishes already taken are stored and acknowledged, then our FIN.
 func (s *session) end() {

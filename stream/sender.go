@@ -53,6 +53,7 @@ type Sender struct {
 
 	mu       sync.Mutex
 	pending  []byte
+	inflight int // bytes of the chunk the flusher is writing
 	spare    []byte
 	flushing bool
 	closing  bool
@@ -88,6 +89,9 @@ func (s *Sender) Send(b []byte) error {
 		}
 		if !errors.Is(err, quic.ErrWouldBlock) {
 			s.err = err
+			if s.onError != nil {
+				go s.onError(err) // not under the caller's locks
+			}
 			return err
 		}
 	}
@@ -134,12 +138,12 @@ func (s *Sender) Close() {
 // waits for a free stream (droppable messages). Set it before any Send.
 func (s *Sender) OnIdle(f func()) { s.onIdle = f }
 
-// Queued returns the bytes waiting for flow control (0 when the stream
-// takes writes at once).
+// Queued returns the bytes waiting for flow control, the chunk being
+// written included (0 when the stream takes writes at once).
 func (s *Sender) Queued() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.pending)
+	return len(s.pending) + s.inflight
 }
 
 // Idle reports whether nothing is queued.
@@ -165,6 +169,7 @@ func (s *Sender) flush() {
 		}
 		b := s.pending
 		s.pending, s.spare = s.spare[:0], nil
+		s.inflight = len(b)
 		s.mu.Unlock()
 
 		_, err := s.st.Write(b)
@@ -173,6 +178,7 @@ func (s *Sender) flush() {
 		}
 
 		s.mu.Lock()
+		s.inflight = 0
 		if cap(b) <= 64<<10 {
 			s.spare = b[:0] // keep a modest buffer for the next burst
 		}

@@ -689,7 +689,7 @@ type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`                  // major protocol version: 1
 	Minor         uint32                 `protobuf:"varint,2,opt,name=minor,proto3" json:"minor,omitempty"`                      // minor version: 0
-	Features      uint64                 `protobuf:"varint,3,opt,name=features,proto3" json:"features,omitempty"`                // feature bits the client supports (none defined yet)
+	Features      uint64                 `protobuf:"varint,3,opt,name=features,proto3" json:"features,omitempty"`                // feature bits the client supports (stream/frame.go)
 	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                       // auth token; may be empty where the server allows it
 	ClientId      string                 `protobuf:"bytes,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"` // the application's name for this client, for logs
 	DeviceId      string                 `protobuf:"bytes,6,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"` // stable per installation
