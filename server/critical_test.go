@@ -2,12 +2,15 @@ package server_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/quicpush/quicpush/client"
+	"github.com/quicpush/quicpush/internal/netem"
 	"github.com/quicpush/quicpush/server"
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -100,4 +103,37 @@ func TestCriticalBadInputAndNoDatagrams(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, copyFrame.GetPush().GetCritical())
 	require.Equal(t, uint64(1), copyFrame.GetPush().GetSeq())
+}
+
+// Copies follow the connection's loss: on while it loses packets, off
+// again once the loss falls below the threshold.
+func TestCriticalCopiesFollowLoss(t *testing.T) {
+	ts := runServer(t, server.Config{Critical: server.CriticalConfig{BudgetBytes: 1 << 20}})
+	relay, err := netem.Start(context.Background(), netem.Config{Upstream: ts.Addr, Uplink: netem.Link{Loss: 0.15}, Downlink: netem.Link{Loss: 0.15},
+		Seed: 3, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer relay.Close()
+	rec := newRecorder()
+	sub := dial(t, &testServer{Server: ts.Server, Addr: relay.Addr().String(), CA: ts.CA}, client.Config{})
+	_, err = sub.Session("s").Subscribe(context.Background(), "room/f", client.SubscribeOptions{Since: seqPtr(0)}, rec.handle)
+	require.NoError(t, err)
+	pub := dial(t, ts, client.Config{}).Session("p")
+	copies := func() uint64 { st := ts.Stats(); return st.CopiesDatagram + st.CopiesStream }
+	publish := func(n int) {
+		for i := 0; i < n; i++ {
+			_, err := pub.Publish(context.Background(), "room/f", []byte("now"), client.PublishOptions{Critical: true})
+			require.NoError(t, err)
+			time.Sleep(20 * time.Millisecond) // spread over the loss sampling
+		}
+	}
+	publish(100)
+	require.Positive(t, copies(), "15% loss: copies on")
+
+	relay.Heal()
+	publish(100) // the loss of the last second falls to 0: copies off
+	before := copies()
+	publish(50)
+	require.Equal(t, before, copies(), "no loss: copies off again")
+	rec.waitCount(t, "room/f", 250, 20*time.Second)
+	rec.requireExactly(t, "room/f", 1, 250)
 }
