@@ -25,6 +25,7 @@ type hub struct {
 	limits      channelLimits
 	notifyAbove int           // subscribers beyond which a channel notifies; <0: never
 	mergeWindow time.Duration // between two notices of a channel
+	metrics     *metrics
 
 	mu       sync.Mutex // guards channels
 	channels map[string]*hubChannel
@@ -49,8 +50,8 @@ type hubChannel struct {
 	dead         bool // removed from the hub: look it up again
 }
 
-func newHub(st Store, log *slog.Logger, limits channelLimits, notifyAbove int, mergeWindow time.Duration) *hub {
-	return &hub{store: st, log: log, limits: limits, notifyAbove: notifyAbove, mergeWindow: mergeWindow, channels: map[string]*hubChannel{}}
+func newHub(st Store, log *slog.Logger, limits channelLimits, notifyAbove int, mergeWindow time.Duration, m *metrics) *hub {
+	return &hub{store: st, log: log, limits: limits, notifyAbove: notifyAbove, mergeWindow: mergeWindow, metrics: m, channels: map[string]*hubChannel{}}
 }
 
 func (h *hub) lookup(name string, create bool) *hubChannel {
@@ -150,9 +151,13 @@ func (h *hub) fanOut(msgs []store.Message) {
 					buf = h.appendPush(buf, pushFrame(m))
 				}
 				last := msgs[j-1]
+				pushed := 0
 				for sess := range ch.subs {
-					sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf)
+					if sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf) {
+						pushed++
+					}
 				}
+				h.metrics.fannedOut(j-i, pushed, msgs[i].Time)
 			}
 			ch.mu.Unlock()
 		}
@@ -195,6 +200,7 @@ func (h *hub) sendNotice(ch *hubChannel) {
 	for sess := range ch.subs {
 		sess.sendOrFail(b)
 	}
+	h.metrics.notifyNotices.Add(uint64(len(ch.subs)))
 }
 
 // fanOutDroppable pushes a message that is not stored to the channel's
