@@ -22,17 +22,17 @@ type metrics struct {
 	flow  *counters
 	conns func() int
 
-	connectionsAccepted                       atomic.Uint64
-	controlStreams, sessions, repairStreams   atomic.Int64
-	stored, duplicates, storeFailed, refused  atomic.Uint64 // reliable publishes
-	droppableAccepted, droppableRefused       atomic.Uint64
-	reliablePushed, droppableStreamPushed     atomic.Uint64
-	acks                                      atomic.Uint64
-	repairsServed, repairsRefused, repairsCut atomic.Uint64
-	repairMessages                            atomic.Uint64
-	pathChanges, goAwayShutdown, goAwayPath   atomic.Uint64
-	notifyNotices                             atomic.Uint64
-	refreshesOK, refreshesRefused             atomic.Uint64
+	connectionsAccepted                           atomic.Uint64
+	controlStreams, sessions, repairStreams       atomic.Int64
+	stored, duplicates, storeFailed, refused      atomic.Uint64 // reliable publishes
+	droppableAccepted, droppableRefused           atomic.Uint64
+	reliablePushed, droppableStreamPushed         atomic.Uint64
+	acks                                          atomic.Uint64
+	repairsServed, repairsRefused, repairsAborted atomic.Uint64
+	repairMessages                                atomic.Uint64
+	pathChanges, goAwayShutdown, goAwayPath       atomic.Uint64
+	notifyNotices                                 atomic.Uint64
+	refreshesOK, refreshesRefused                 atomic.Uint64
 
 	pushLatency, repairDuration, appendDuration, appendBatch prometheus.Histogram
 }
@@ -147,7 +147,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 
 	counter(descRepairs, &m.repairsServed, "served")
 	counter(descRepairs, &m.repairsRefused, "refused")
-	counter(descRepairs, &m.repairsCut, "aborted")
+	counter(descRepairs, &m.repairsAborted, "aborted")
 	counter(descRepairMessages, &m.repairMessages)
 
 	counter(descPathChanges, &m.pathChanges)
@@ -164,9 +164,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// fannedOut records a fan-out batch of n reliable messages of one channel
-// handed to QUIC (queued included) for sessions subscribers, the oldest
-// stored at stored. Called once per batch, never per subscriber.
+// fannedOut records n reliable messages of one channel, the oldest stored
+// at stored, handed to QUIC (written or queued) for each of sessions
+// subscribers. Called once per fan-out batch, never per subscriber.
 func (m *metrics) fannedOut(n, sessions int, stored time.Time) {
 	if sessions == 0 {
 		return

@@ -68,7 +68,7 @@ func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
 			buf, _ = stream.AppendFrame(buf, pushFrame(m))
 		}
 		if _, err := st.Write(buf); err != nil {
-			c.s.metrics.repairsCut.Add(1)
+			c.s.metrics.repairsAborted.Add(1)
 			return nil // the client gave up on this repair
 		}
 		c.s.metrics.repairMessages.Add(uint64(len(msgs)))
