@@ -144,8 +144,9 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	c.authMu.Lock()
 	c.user = reply.User // under authMu for DisconnectUser; set before any reader starts
 	c.authMu.Unlock()
-	c.setAuth(reply)
+	// Before setAuth: its expiry timer logs with c.log.
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
+	c.setAuth(reply)
 	control := stream.NewSender(st, c.budget, c.onSendError)
 	c.control.Store(control)
 	cfg := &c.s.cfg
