@@ -26,7 +26,16 @@ type PublishRequest struct {
 
 // Publish stores reliable messages as user from, in order, and returns once
 // they are durable; subscribers get them like any other publish.
-func (s *Server) Publish(ctx context.Context, from string, reqs []PublishRequest) ([]store.AppendResult, error) {
+func (s *Server) Publish(ctx context.Context, from string, reqs []PublishRequest) (res []store.AppendResult, err error) {
+	defer func() { // counted like the clients' publishes
+		for i := range reqs {
+			if err != nil {
+				s.metrics.published(store.AppendResult{}, err)
+			} else {
+				s.metrics.published(res[i], nil)
+			}
+		}
+	}()
 	if from == "" || len(from) > stream.MaxIDLen {
 		return nil, fmt.Errorf("%w: publisher name must be 1 to %d bytes", ErrInvalid, stream.MaxIDLen)
 	}
@@ -43,7 +52,7 @@ func (s *Server) Publish(ctx context.Context, from string, reqs []PublishRequest
 		}
 		appends[i] = store.AppendRequest{Channel: r.Channel, From: from, ID: r.ID, Data: r.Data}
 	}
-	return s.cfg.Store.Append(ctx, appends)
+	return s.appendToStore(ctx, appends)
 }
 
 // History returns channel's retained messages from..to (inclusive), at

@@ -39,6 +39,9 @@ func TestTokenRefreshKeepsTheConnection(t *testing.T) {
 	c := dial(t, ts, client.Config{TokenSource: source})
 	require.Eventually(t, func() bool { return refreshes.Load() >= 3 }, 10*time.Second, 20*time.Millisecond)
 	require.Equal(t, uint64(1), c.Stats().Connects, "refreshing must not reconnect")
+	require.Eventually(t, func() bool {
+		return metricValue(t, ts.Metrics, "quicpush_token_refreshes_total", "outcome", "ok") >= 3
+	}, 5*time.Second, 10*time.Millisecond)
 	_, err := c.Session("s").Publish(context.Background(), "user/alice", []byte("still here"), client.PublishOptions{})
 	require.NoError(t, err)
 

@@ -55,6 +55,8 @@ type conn struct {
 	pathChanges   int    // how often it changed (NAT rebinding, migration)
 	pathLimitSent bool
 
+	slowConsumer atomic.Bool // closed with SLOW_CONSUMER
+
 	wg       sync.WaitGroup // the connection's stream goroutines
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -96,6 +98,8 @@ func (c *conn) serve() {
 		c.fail(err)
 		return
 	}
+	c.s.metrics.controlStreams.Add(1)
+	defer c.s.metrics.controlStreams.Add(-1)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -141,8 +145,9 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	c.authMu.Lock()
 	c.user = reply.User // under authMu for DisconnectUser; set before any reader starts
 	c.authMu.Unlock()
-	c.setAuth(reply)
+	// Before setAuth: its expiry timer logs with c.log.
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
+	c.setAuth(reply)
 	control := stream.NewSender(st, c.budget, c.onSendError)
 	c.control.Store(control)
 	cfg := &c.s.cfg
@@ -235,8 +240,10 @@ func (c *conn) refresh(token string) error {
 	}
 	control := c.control.Load()
 	if err != nil {
+		c.s.metrics.refreshesRefused.Add(1)
 		return control.SendFrames(err.(*stream.Error).Frame())
 	}
+	c.s.metrics.refreshesOK.Add(1)
 	c.setAuth(reply)
 	return control.SendFrames(&pb.Frame{Body: &pb.Frame_Refreshed{Refreshed: &pb.Refreshed{TokenExpiresUnixMs: unixMs(reply.ExpiresAt)}}})
 }
@@ -378,6 +385,7 @@ const maxPathChanges = 2
 // sampler). After the last change the connection can afford, the client is
 // asked to reconnect soon, while it still can.
 func (c *conn) checkPath(clientCount int) {
+	before := c.pathChanges
 	if addr := c.qc.RemoteAddr().String(); addr != c.remote {
 		c.pathChanges++
 		c.log.Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
@@ -386,6 +394,7 @@ func (c *conn) checkPath(clientCount int) {
 	if clientCount > c.pathChanges {
 		c.pathChanges = clientCount
 	}
+	c.s.metrics.pathChanges.Add(uint64(c.pathChanges - before))
 	if c.pathChanges >= maxPathChanges && !c.pathLimitSent {
 		c.pathLimitSent = true
 		c.goAway(stream.PathLimit, 0, "path changes used up: reconnect")
@@ -450,6 +459,7 @@ func (c *conn) openSession(st *quic.Stream, name string) *session {
 	c.mu.Lock()
 	c.sessions[sess] = struct{}{}
 	c.mu.Unlock()
+	c.s.metrics.sessions.Add(1)
 	return sess
 }
 
@@ -458,6 +468,7 @@ func (c *conn) closeSession(sess *session) {
 	c.mu.Lock()
 	delete(c.sessions, sess)
 	c.mu.Unlock()
+	c.s.metrics.sessions.Add(-1)
 }
 
 // fail ends the connection for err: a protocol error is reported to the
@@ -473,7 +484,12 @@ func (c *conn) fail(err error) {
 		return
 	}
 	if errors.Is(err, stream.ErrQueueFull) {
-		c.log.Warn("closing slow consumer", "queued", c.budget.Used())
+		// Every send over the budget lands here until the close is done:
+		// count and log the connection once.
+		if c.slowConsumer.CompareAndSwap(false, true) {
+			c.s.counters.slowConsumers.Add(1)
+			c.log.Warn("closing slow consumer", "queued", c.budget.Used())
+		}
 		c.closeWith(stream.SlowConsumer, "send queue full")
 		return
 	}
@@ -496,6 +512,7 @@ func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
 		c.closeWith(code, msg)
 		return
 	}
+	c.s.metrics.goAway(code)
 	control.SendFrames(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
 		Code: pb.ErrorCode(code), ReconnectAfterMs: ms(after), Message: msg,
 	}}})

@@ -17,6 +17,10 @@
 // and every one up to it is in the store for the client to pull over repair
 // streams: no hole at the seam.
 //
+// Metrics: a Prometheus collector per Server on Config.Registerer
+// (metrics.go; docs/OPERATIONS.md lists them). Hot paths only bump atomics
+// or observe histograms, and the fan-out does so once per channel batch.
+//
 // Concurrency: a Server is safe for concurrent use. Each connection runs a
 // goroutine per open stream (none per subscription); Close waits for all of
 // them. Shutdown sends GOAWAY, waits for clients to leave, then closes.

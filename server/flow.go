@@ -74,23 +74,25 @@ func (s *Server) Stats() Stats {
 }
 
 // pushReliable queues encoded pushes of channel (up to head) for the
-// client, or skips them while the session is behind on that channel.
-// It never blocks: hub.fanOut calls it under the channel's lock.
-func (s *session) pushReliable(channel string, epoch, head uint64, frames []byte) {
+// client, or skips them while the session is behind on that channel; it
+// reports whether it queued them. It never blocks: hub.fanOut calls it
+// under the channel's lock.
+func (s *session) pushReliable(channel string, epoch, head uint64, frames []byte) bool {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	if b := s.out.behind[channel]; b != nil {
 		b.Epoch, b.Head = epoch, head
-		return
+		return false
 	}
 	if s.send.Queued() > s.c.s.cfg.BehindBytes {
 		notice := &pb.HeadNotice{Channel: channel, Epoch: epoch, Head: head, Reason: pb.HeadNotice_REASON_BEHIND}
 		s.out.behind[channel] = &pb.HeadNotice{Channel: channel, Epoch: epoch, Head: head}
 		s.c.s.counters.behind.Add(1)
 		s.sendOrFail(mustFrame(&pb.Frame{Body: &pb.Frame_HeadNotice{HeadNotice: notice}}))
-		return
+		return false
 	}
 	s.sendOrFail(frames)
+	return true
 }
 
 // pushDroppable offers a droppable push: body is the encoded Frame (for a
@@ -161,13 +163,13 @@ func (s *session) flushOutbox() {
 
 func (s *session) sendDroppable(frame []byte) {
 	s.c.s.counters.droppableOut.Add(1)
+	s.c.s.metrics.droppableStreamPushed.Add(1)
 	s.sendOrFail(frame)
 }
 
 // sendOrFail queues b; a connection over its budget is a slow consumer.
 func (s *session) sendOrFail(b []byte) {
 	if err := s.send.Send(b); errors.Is(err, stream.ErrQueueFull) {
-		s.c.s.counters.slowConsumers.Add(1)
 		go s.c.fail(err)
 	}
 	// Other errors: the session's stream is gone, and so is the session.

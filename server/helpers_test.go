@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quicpush/quicpush/certs"
@@ -22,9 +23,10 @@ var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type testServer struct {
 	*server.Server
-	Addr  string
-	Store server.Store
-	CA    string
+	Addr    string
+	Store   server.Store
+	CA      string
+	Metrics *prometheus.Registry // the server's own; nil if cfg had a Registerer
 }
 
 // runServer starts a server on 127.0.0.1 and returns once it listens.
@@ -42,6 +44,11 @@ func runServer(t testing.TB, cfg server.Config) *testServer {
 	if cfg.Logger == nil {
 		cfg.Logger = quietLog
 	}
+	var reg *prometheus.Registry
+	if cfg.Registerer == nil {
+		reg = prometheus.NewRegistry()
+		cfg.Registerer = reg
+	}
 	srv, err := server.New(cfg)
 	require.NoError(t, err)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -52,7 +59,7 @@ func runServer(t testing.TB, cfg server.Config) *testServer {
 		srv.Close()
 		pc.Close()
 	})
-	return &testServer{Server: srv, Addr: addr.String(), Store: cfg.Store, CA: dev.CA}
+	return &testServer{Server: srv, Addr: addr.String(), Store: cfg.Store, CA: dev.CA, Metrics: reg}
 }
 
 func (ts *testServer) clientTLS(t testing.TB) *tls.Config {

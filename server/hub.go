@@ -27,6 +27,7 @@ type hub struct {
 	critical    CriticalConfig
 	notifyAbove int           // subscribers beyond which a channel notifies; <0: never
 	mergeWindow time.Duration // between two notices of a channel
+	metrics     *metrics
 
 	mu       sync.Mutex // guards channels
 	channels map[string]*hubChannel
@@ -51,8 +52,8 @@ type hubChannel struct {
 	dead         bool // removed from the hub: look it up again
 }
 
-func newHub(st Store, log *slog.Logger, limits channelLimits, notifyAbove int, mergeWindow time.Duration) *hub {
-	return &hub{store: st, log: log, limits: limits, notifyAbove: notifyAbove, mergeWindow: mergeWindow, channels: map[string]*hubChannel{}}
+func newHub(st Store, log *slog.Logger, limits channelLimits, notifyAbove int, mergeWindow time.Duration, m *metrics) *hub {
+	return &hub{store: st, log: log, limits: limits, notifyAbove: notifyAbove, mergeWindow: mergeWindow, metrics: m, channels: map[string]*hubChannel{}}
 }
 
 func (h *hub) lookup(name string, create bool) *hubChannel {
@@ -163,12 +164,16 @@ func (h *hub) fanOut(msgs []store.Message) {
 					buf = h.appendPush(buf, f)
 				}
 				last := msgs[j-1]
+				pushed := 0
 				for sess := range ch.subs {
-					sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf)
+					if sess.pushReliable(last.Channel, last.Epoch, last.Seq, buf) {
+						pushed++
+					}
 					for _, c := range copies {
 						sess.c.copyCritical(sess, ch.name, c[0], c[1])
 					}
 				}
+				h.metrics.fannedOut(j-i, pushed, msgs[i].Time)
 			}
 			ch.mu.Unlock()
 		}
@@ -211,6 +216,7 @@ func (h *hub) sendNotice(ch *hubChannel) {
 	for sess := range ch.subs {
 		sess.sendOrFail(b)
 	}
+	h.metrics.notifyNotices.Add(uint64(len(ch.subs)))
 }
 
 // fanOutDroppable pushes a message that is not stored to the channel's

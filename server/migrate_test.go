@@ -79,6 +79,8 @@ func TestServerAsksToReconnectAfterTwoPathChanges(t *testing.T) {
 	require.Eventually(t, func() bool { return sub.Stats().Connects == 2 }, 10*time.Second, 10*time.Millisecond,
 		"the client did not reconnect after its second path change")
 	require.Equal(t, uint64(1), sub.Stats().Used0RTT, "the reconnect did not resume with 0-RTT")
+	require.Equal(t, 1.0, metricValue(t, ts.Metrics, "quicpush_goaways_total", "code", "path_limit"))
+	require.GreaterOrEqual(t, metricValue(t, ts.Metrics, "quicpush_path_changes_total"), 2.0)
 
 	pub := dial(t, ts, client.Config{})
 	for k := 0; k < 10; k++ {

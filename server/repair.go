@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicpush/quicpush/stream"
@@ -15,10 +17,14 @@ const repairPage = 256
 // stream. It runs on the stream's own goroutine and writes at the lowest
 // priority, so a large repair never delays live pushes.
 func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
+	start := time.Now()
+	c.s.metrics.repairStreams.Add(1)
+	defer c.s.metrics.repairStreams.Add(-1)
 	st.SetPriority(urgencyRepair, false)
 	st.CancelRead(quic.StreamErrorCode(stream.NoError)) // nothing more is read
 	defer st.Close()
 	fail := func(e *stream.Error) error {
+		c.s.metrics.repairsRefused.Add(1)
 		f := e.Frame()
 		f.GetError().Channel = req.Channel
 		b, _ := stream.AppendFrame(nil, f)
@@ -62,13 +68,17 @@ func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
 			buf, _ = stream.AppendFrame(buf, pushFrame(m))
 		}
 		if _, err := st.Write(buf); err != nil {
+			c.s.metrics.repairsAborted.Add(1)
 			return nil // the client gave up on this repair
 		}
+		c.s.metrics.repairMessages.Add(uint64(len(msgs)))
 		next = msgs[len(msgs)-1].Seq + 1
 	}
 	end, _ := stream.AppendFrame(nil, &pb.Frame{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{
 		Next: next, FirstRetained: b.First, Head: b.Last, Epoch: b.Epoch,
 	}}})
 	st.Write(end)
+	c.s.metrics.repairsServed.Add(1)
+	c.s.metrics.repairDuration.Observe(time.Since(start).Seconds())
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicpush/quicpush/stream"
@@ -27,6 +28,11 @@ type Config struct {
 	TLSConfig *tls.Config
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// Registerer receives the server's metrics (docs/OPERATIONS.md); nil
+	// means prometheus.DefaultRegisterer. Each Server registers its own
+	// collector and Close unregisters it, so Servers running side by side
+	// need distinct Registerers (or prometheus.WrapRegistererWith labels).
+	Registerer prometheus.Registerer
 	// Authenticate decides who a Hello (or a token Refresh) is from. Nil
 	// means dev mode: every client is accepted, its user being its token
 	// ("anonymous" if empty).
@@ -99,6 +105,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.DefaultRegisterer
+	}
 	if c.Authenticate == nil {
 		c.Authenticate = devAuthenticate
 	}
@@ -158,6 +167,7 @@ type Server struct {
 	hub      *hub
 	cursors  *cursorWriter
 	counters counters
+	metrics  *metrics
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -187,7 +197,12 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
-	s.hub = newHub(cfg.Store, cfg.Logger, cfg.ChannelLimits, cfg.NotifyAbove, cfg.MergeWindow)
+	s.metrics = newMetrics(&s.counters, s.ConnCount)
+	if err := cfg.Registerer.Register(s.metrics); err != nil {
+		cancel()
+		return nil, fmt.Errorf("server: registering metrics (each Server needs its own Config.Registerer): %w", err)
+	}
+	s.hub = newHub(cfg.Store, cfg.Logger, cfg.ChannelLimits, cfg.NotifyAbove, cfg.MergeWindow, s.metrics)
 	s.hub.critical = cfg.Critical
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
@@ -271,6 +286,7 @@ func (s *Server) acceptLoop(ln *quic.EarlyListener) {
 			return
 		}
 		// Never block here: quic-go queues only 32 finished handshakes.
+		s.metrics.connectionsAccepted.Add(1)
 		c := newConn(s, qc)
 		if !s.track(c) {
 			qc.CloseWithError(quic.ApplicationErrorCode(stream.ShuttingDown), "server shutting down")
@@ -366,5 +382,6 @@ func (s *Server) Close() error {
 	for _, tr := range s.transports {
 		tr.Close()
 	}
+	s.cfg.Registerer.Unregister(s.metrics)
 	return nil
 }

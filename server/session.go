@@ -198,6 +198,7 @@ func (s *session) ack(a *pb.Ack) error {
 	if err := stream.ValidateChannel(a.Channel); err != nil {
 		return stream.Errorf(stream.FrameMalformed, "ack: %v", err)
 	}
+	s.c.s.metrics.acks.Add(1)
 	s.c.s.cursors.set(s.c.user, a.Channel, store.Position{Epoch: a.Epoch, Seq: a.Seq})
 	return nil
 }
@@ -207,22 +208,22 @@ func (s *session) ack(a *pb.Ack) error {
 // call, so a pipelining client gets group commit and keeps its order.
 func (s *session) publish(p *pb.Publish) error {
 	if err := stream.ValidateChannel(p.Channel); err != nil {
-		return s.replyError(err.(*stream.Error), p.RequestId, p.Channel)
+		return s.refusePublish(p, err.(*stream.Error))
 	}
 	if err := stream.ValidateID(p.Id); err != nil {
-		return s.replyError(err.(*stream.Error), p.RequestId, p.Channel)
+		return s.refusePublish(p, err.(*stream.Error))
 	}
 	if len(p.Data) > stream.MaxMessageSize {
-		return s.replyError(stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(p.Data), stream.MaxMessageSize), p.RequestId, p.Channel)
+		return s.refusePublish(p, stream.Errorf(stream.MessageTooLarge, "message of %d bytes exceeds %d", len(p.Data), stream.MaxMessageSize))
 	}
 	if p.Class != pb.Class_CLASS_RELIABLE && p.Class != pb.Class_CLASS_DROPPABLE {
-		return s.replyError(stream.Errorf(stream.BadRequest, "unknown message class %d", p.Class), p.RequestId, p.Channel)
+		return s.refusePublish(p, stream.Errorf(stream.BadRequest, "unknown message class %d", p.Class))
 	}
 	if p.Critical && p.Class == pb.Class_CLASS_DROPPABLE {
 		return s.replyError(stream.Errorf(stream.BadRequest, "only reliable messages can be critical"), p.RequestId, p.Channel)
 	}
 	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
-		return s.replyError(e, p.RequestId, p.Channel)
+		return s.refusePublish(p, e)
 	}
 	allowed := s.c.publishes == nil || s.c.publishes.Allow()
 	if p.Class == pb.Class_CLASS_DROPPABLE {
@@ -236,7 +237,9 @@ func (s *session) publish(p *pb.Publish) error {
 		if allowed {
 			allowed = s.c.s.hub.fanOutDroppable(store.Message{Channel: p.Channel, Time: time.Now(), From: s.c.user, ID: p.Id, Data: p.Data})
 		}
-		if !allowed {
+		if allowed {
+			s.c.s.metrics.droppableAccepted.Add(1)
+		} else {
 			s.c.s.counters.droppableRateLimited.Add(1)
 		}
 		return s.reply(&pb.Frame{Body: &pb.Frame_PublishAck{PublishAck: &pb.PublishAck{RequestId: p.RequestId, Channel: p.Channel, Dropped: !allowed}}})
@@ -250,6 +253,7 @@ func (s *session) publish(p *pb.Publish) error {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	if s.inFlight >= s.c.s.cfg.MaxPublishesInFlight {
+		s.c.s.counters.reliableRateLimited.Add(1)
 		e := stream.Errorf(stream.RateLimited, "more than %d publishes awaiting the store", s.c.s.cfg.MaxPublishesInFlight)
 		e.RetryAfterMs = 100
 		return s.replyError(e, p.RequestId, p.Channel)
@@ -290,6 +294,7 @@ func (s *session) publishLoop() error {
 		s.pubMu.Unlock()
 		var out []byte
 		for i, res := range s.store(batch) {
+			s.c.s.metrics.published(res.AppendResult, res.err)
 			out, _ = stream.AppendFrame(out, publishReply(batch[i], res))
 		}
 		s.pubMu.Lock()
@@ -329,15 +334,15 @@ func (s *session) store(batch []*pb.Publish) []publishResult {
 	}
 	ctx := context.WithoutCancel(s.c.ctx) // a publish taken is finished
 	out := make([]publishResult, len(batch))
-	res, err := s.c.s.cfg.Store.Append(ctx, reqs)
+	res, err := s.c.s.appendToStore(ctx, reqs)
 	switch {
 	case err == nil:
 		for i := range out {
 			out[i].AppendResult = res[i]
 		}
-	case len(reqs) > 1 && (errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid)):
+	case len(reqs) > 1 && isRequestError(err):
 		for i := range reqs {
-			one, err := s.c.s.cfg.Store.Append(ctx, reqs[i:i+1])
+			one, err := s.c.s.appendToStore(ctx, reqs[i:i+1])
 			if out[i].err = err; err == nil {
 				out[i].AppendResult = one[0]
 			}

@@ -6,14 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quicpush/quicpush/client"
 	"github.com/quicpush/quicpush/server"
 )
 
-// Shutdown tells clients to go (GOAWAY), waits for them to leave, and makes
-// Serve return ErrServerClosed; calling it again is harmless.
+// Shutdown tells clients to go (GOAWAY, counted), waits for them to leave,
+// and makes Serve return ErrServerClosed; calling it again is harmless.
 func TestShutdownSendsGoAwayAndDrains(t *testing.T) {
 	ts := runServer(t, server.Config{})
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -34,6 +35,12 @@ func TestShutdownSendsGoAwayAndDrains(t *testing.T) {
 	require.NoError(t, ts.Shutdown(ctx))
 	require.Less(t, time.Since(start), 4*time.Second, "the client did not leave on GOAWAY")
 	require.Equal(t, 0, ts.ConnCount())
+	closed := gatherer(ts.MetricsCollector()) // Close unregistered it
+	require.Equal(t, 1.0, metricValue(t, closed, "quicpush_goaways_total", "code", "shutting_down"))
+	require.Zero(t, metricValue(t, closed, "quicpush_connections"))
+	n, err := testutil.GatherAndCount(ts.Metrics)
+	require.NoError(t, err)
+	require.Zero(t, n)
 	require.ErrorIs(t, <-served, server.ErrServerClosed)
 	require.NoError(t, ts.Shutdown(ctx))
 	require.Eventually(t, func() bool {

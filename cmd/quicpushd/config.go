@@ -22,7 +22,7 @@ type flags struct {
 	Data      string        `default:"./data" env:"QUICPUSH_DATA" placeholder:"DIR" help:"Directory of the store, the server's persisted keys and the dev certificates (DIR/certs/ca.pem is the CA clients need when no --cert is given) (default: ${default})."`
 	Cert      string        `env:"QUICPUSH_CERT" and:"cert" placeholder:"FILE" help:"PEM certificate chain to serve (with --key); default: a dev certificate signed by a generated CA. SIGHUP reloads it."`
 	Key       string        `env:"QUICPUSH_KEY" and:"cert" placeholder:"FILE" help:"PEM private key of --cert."`
-	Admin     string        `default:"127.0.0.1:8080" env:"QUICPUSH_ADMIN" placeholder:"ADDR" help:"TCP address of the admin HTTP server (/healthz, /readyz, and the HTTP API under /v1/ with --api-key-file) (default: ${default})."`
+	Admin     string        `default:"127.0.0.1:8080" env:"QUICPUSH_ADMIN" placeholder:"ADDR" help:"TCP address of the admin HTTP server (/healthz, /readyz, /metrics, and the HTTP API under /v1/ with --api-key-file) (default: ${default})."`
 	Config    string        `env:"QUICPUSH_CONFIG" placeholder:"FILE" help:"YAML or JSON file whose keys are these flags' names (listen, data, log-level...)."`
 	LogLevel  string        `default:"info" enum:"debug,info,warn,error" env:"QUICPUSH_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
 	LogFormat string        `default:"text" enum:"text,json" env:"QUICPUSH_LOG_FORMAT" help:"Log format on stderr: text or json."`

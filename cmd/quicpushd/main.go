@@ -9,6 +9,9 @@
 // With --api-key-file the admin server also serves the HTTP API for backends
 // (package httpapi) under /v1/.
 //
+// The admin server serves /healthz, /readyz and the Prometheus metrics at
+// /metrics (the server's, Go's and the process's).
+//
 // SIGINT or SIGTERM shut it down gracefully (clients are told to reconnect
 // elsewhere, then the store is closed); SIGHUP reloads --cert and --key.
 package main
@@ -29,6 +32,9 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicpush/quicpush/certs"
@@ -117,7 +123,9 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 		return fmt.Errorf("cannot listen on TCP %s for the admin server: %w — is another quicpushd running? (choose another address with --admin)", f.Admin, err)
 	}
 	api := &apiSlot{on: a.apiKey != nil}
-	admin := &http.Server{Handler: adminHandler(&ready, api), ReadHeaderTimeout: 5 * time.Second}
+	reg := newRegistry()
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
+	admin := &http.Server{Handler: adminHandler(&ready, api, metrics), ReadHeaderTimeout: 5 * time.Second}
 	go admin.Serve(adminLn)
 	defer admin.Close()
 
@@ -153,6 +161,7 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 		Store:             db,
 		TLSConfig:         tlsConf,
 		Logger:            log,
+		Registerer:        reg,
 		Heartbeat:         f.Heartbeat,
 		StatelessResetKey: (*quic.StatelessResetKey)(&keys.StatelessResetKey),
 		TokenGeneratorKey: (*quic.TokenGeneratorKey)(&keys.TokenGeneratorKey),
@@ -233,9 +242,18 @@ func reload(f flags, r *certs.Reloader, log *slog.Logger) {
 	log.Info("SIGHUP: certificate reloaded", "cert", f.Cert)
 }
 
-func adminHandler(ready *atomic.Bool, api http.Handler) http.Handler {
+// newRegistry holds what /metrics serves: the Go runtime's and the
+// process's metrics, and the server's once it runs.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func adminHandler(ready *atomic.Bool, api, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", api)
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

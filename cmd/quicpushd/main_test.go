@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -115,15 +116,22 @@ func (d *daemon) signalAndWait(t *testing.T, sig os.Signal, within time.Duration
 	}
 }
 
+// buildDaemon builds quicpushd for a test and returns the binary's path.
+func buildDaemon(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "quicpushd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
 // TestRestartKeepsSeqs runs the real binary, kills it with SIGKILL in the
 // middle of a client's life, restarts it on the same data directory, and
 // checks that seqs go on with no hole and no reuse, that the client of the
 // first run recovers (through the persisted stateless reset key), and that
 // SIGTERM ends it with status 0.
 func TestRestartKeepsSeqs(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "quicpushd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
+	bin := buildDaemon(t)
 	dir := t.TempDir()
 	listen, admin := freeUDP(t), freeTCP(t)
 	args := []string{"--listen", listen, "--admin", admin, "--data", dir}
@@ -172,6 +180,161 @@ func TestRestartKeepsSeqs(t *testing.T) {
 
 	require.NoError(t, d.signalAndWait(t, syscall.SIGTERM, 10*time.Second), "quicpushd:\n%s", d.stderr)
 	require.Contains(t, d.stderr.String(), "msg=stopped")
+}
+
+// TestSIGTERMDrainsAndRestartLosesNothing keeps subscribers connected to
+// the real binary through a SIGTERM while publishes are in flight: every
+// client is told to go (GOAWAY SHUTTING_DOWN) and leaves, quicpushd
+// finishes the publishes it took, saves the acknowledged cursors, closes
+// the store and exits 0. Restarted on the same data directory, it gets the
+// clients back, every acknowledged message reaches every subscriber exactly
+// once and in order, and a user's acknowledged position is where a fresh
+// client of that user starts.
+func TestSIGTERMDrainsAndRestartLosesNothing(t *testing.T) {
+	bin := buildDaemon(t)
+	dir := t.TempDir()
+	listen, admin := freeUDP(t), freeTCP(t)
+	args := []string{"--listen", listen, "--admin", admin, "--data", dir}
+	d := startDaemon(t, bin, args...)
+	waitReady(t, admin, d.exited, d.stderr)
+	pool, err := certs.CAPool(filepath.Join(dir, "certs", "ca.pem"))
+	require.NoError(t, err)
+	dial := func(user string, logs io.Writer) *client.Client {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, listen, client.Config{TLSConfig: &tls.Config{RootCAs: pool}, Token: user,
+			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ctx := t.Context()
+
+	// alice handles her channel's first messages and leaves: her
+	// acknowledged cursor is all the server keeps of her.
+	pub := dial("publisher", io.Discard)
+	for n := 1; n <= 3; n++ {
+		_, err := pub.Session("p").Publish(ctx, "user/alice", []byte("before"), client.PublishOptions{})
+		require.NoError(t, err)
+	}
+	alice := dial("alice", io.Discard)
+	handled := make(chan uint64, 10)
+	_, err = alice.Session("inbox").Subscribe(ctx, "user/alice", client.SubscribeOptions{}, func(m client.Message) error {
+		handled <- m.Seq
+		return nil
+	})
+	require.NoError(t, err)
+	for want := uint64(1); want <= 3; want++ {
+		require.Equal(t, want, <-handled)
+	}
+	require.NoError(t, alice.Close()) // sends its last acks first
+
+	type subscriber struct {
+		c    *client.Client
+		logs *syncBuffer
+		mu   sync.Mutex
+		got  []client.Message
+	}
+	subs := make([]*subscriber, 3)
+	for i := range subs {
+		s := &subscriber{logs: &syncBuffer{}}
+		s.c = dial(fmt.Sprintf("student-%d", i), s.logs)
+		_, err := s.c.Session("classroom").Subscribe(ctx, "room/drain", client.SubscribeOptions{Since: new(uint64)}, func(m client.Message) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.got = append(s.got, m)
+			return nil
+		})
+		require.NoError(t, err)
+		subs[i] = s
+	}
+
+	// Four publishers keep publishes in flight through the drain and the
+	// restart; a publish cut off is retried with its id, so stored once.
+	const publishers, each = 4, 50
+	var (
+		mu    sync.Mutex
+		acked = map[uint64]string{}
+		wg    sync.WaitGroup
+	)
+	ackedCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	for p := range publishers {
+		wg.Go(func() {
+			for n := 1; n <= each; n++ {
+				data := fmt.Sprintf("p%d-%d", p, n)
+				pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				res, err := pub.Session("p").Publish(pctx, "room/drain", []byte(data), client.PublishOptions{ID: data})
+				cancel()
+				if err != nil {
+					t.Errorf("publish %s: %v", data, err)
+					return
+				}
+				mu.Lock()
+				if old, ok := acked[res.Seq]; ok && old != data {
+					t.Errorf("seq %d acknowledged for %s and %s", res.Seq, old, data)
+				}
+				acked[res.Seq] = data
+				mu.Unlock()
+			}
+		})
+	}
+	require.Eventually(t, func() bool { return ackedCount() >= 40 }, 30*time.Second, time.Millisecond)
+
+	require.NoError(t, d.signalAndWait(t, syscall.SIGTERM, 15*time.Second), "quicpushd:\n%s", d.stderr)
+	logs := d.stderr.String()
+	require.Contains(t, logs, "msg=\"shutting down\"")
+	require.NotContains(t, logs, "clients still connected were disconnected", "clients must leave on GOAWAY")
+	require.Contains(t, logs, "msg=stopped")
+	for i, s := range subs {
+		require.Contains(t, s.logs.String(), `msg="server asked to reconnect" code=SHUTTING_DOWN`, "subscriber %d", i)
+	}
+
+	d = startDaemon(t, bin, args...)
+	waitReady(t, admin, d.exited, d.stderr)
+	wg.Wait()
+	require.Len(t, acked, publishers*each, "quicpushd:\n%s", d.stderr)
+	for seq := uint64(1); seq <= publishers*each; seq++ {
+		require.Contains(t, acked, seq, "no hole")
+	}
+	for i, s := range subs {
+		require.Eventually(t, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.got) >= len(acked)
+		}, 30*time.Second, 5*time.Millisecond, "subscriber %d", i)
+		s.mu.Lock()
+		for k, m := range s.got {
+			require.Equal(t, uint64(k+1), m.Seq, "subscriber %d: exactly once, in order", i)
+			require.Equal(t, acked[m.Seq], string(m.Data), "subscriber %d, seq %d", i, m.Seq)
+		}
+		require.Len(t, s.got, len(acked), "subscriber %d", i)
+		s.mu.Unlock()
+		require.GreaterOrEqual(t, s.c.Stats().Connects, uint64(2), "subscriber %d stayed through the restart", i)
+	}
+
+	fresh := dial("alice", io.Discard) // no local state: starts at the server's cursor
+	handled = make(chan uint64, 10)
+	_, err = fresh.Session("inbox").Subscribe(ctx, "user/alice", client.SubscribeOptions{}, func(m client.Message) error {
+		handled <- m.Seq
+		return nil
+	})
+	require.NoError(t, err)
+	_, err = pub.Session("p").Publish(ctx, "user/alice", []byte("after"), client.PublishOptions{})
+	require.NoError(t, err)
+	select {
+	case seq := <-handled:
+		require.Equal(t, uint64(4), seq, "alice's acknowledged cursor was lost in the drain")
+	case <-time.After(10 * time.Second):
+		t.Fatal("alice got nothing")
+	}
+
+	require.NoError(t, d.signalAndWait(t, syscall.SIGTERM, 15*time.Second), "quicpushd:\n%s", d.stderr)
 }
 
 // inProcess is a run of quicpushd in the test process.
