@@ -224,8 +224,34 @@ func (cfg Config) withDefaults() Config {
 }
 
 // closeGrace bounds how long Close waits for the server to take the last
-// acknowledgements.
-const closeGrace = time.Second
+// acknowledgements; goAwayGrace the same when the server asked us to go.
+const (
+	closeGrace  = time.Second
+	goAwayGrace = 500 * time.Millisecond
+)
+
+// goodbye ends every session stream on conn (last acks, then FIN) and
+// waits, at most grace, for the server to end its side: closing the
+// connection at once would drop acks still in flight.
+func (c *Client) goodbye(conn *connection, grace time.Duration) {
+	c.mu.Lock()
+	sessions := make([]*Session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	c.mu.Unlock()
+	deadline := time.After(grace)
+	var finished []<-chan struct{}
+	for _, s := range sessions {
+		finished = append(finished, s.finish(conn))
+	}
+	for _, f := range finished {
+		select {
+		case <-f:
+		case <-deadline:
+		}
+	}
+}
 
 // attemptCache is the session cache as one connection attempt sees it.
 // crypto/tls drops the ticket whenever a resumed handshake fails, to get rid
@@ -502,20 +528,7 @@ func (c *Client) Close() error {
 		s.close() // lets running handlers finish; stops hole timers, so no repair starts after Wait
 	}
 	if conn != nil {
-		// Say goodbye on every session stream (last acks, then FIN) and
-		// wait, briefly, for the server to close its side: closing the
-		// connection at once would drop acks still in flight.
-		deadline := time.After(closeGrace)
-		var finished []<-chan struct{}
-		for _, s := range sessions {
-			finished = append(finished, s.finish())
-		}
-		for _, f := range finished {
-			select {
-			case <-f:
-			case <-deadline:
-			}
-		}
+		c.goodbye(conn, closeGrace)
 		conn.close(stream.NoError, "client closed")
 	}
 	c.cancel()

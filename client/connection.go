@@ -132,6 +132,7 @@ func (conn *connection) readControl(r *stream.Reader) {
 		case *pb.Frame_GoAway:
 			conn.c.log.Info("server asked to reconnect", "code", stream.ErrCode(b.GoAway.Code), "after_ms", b.GoAway.ReconnectAfterMs, "msg", b.GoAway.Message)
 			conn.goAwayMs.Store(max(1, b.GoAway.ReconnectAfterMs))
+			conn.c.goodbye(conn, goAwayGrace)
 			conn.close(stream.NoError, "going away")
 			return
 		case *pb.Frame_Refreshed:

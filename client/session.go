@@ -489,10 +489,10 @@ func (s *Session) completePublish(requestID uint64, res PublishResult, err error
 
 // finish sends the last acks and ends the session stream; the returned
 // channel closes when the server has ended its side too.
-func (s *Session) finish() <-chan struct{} {
+func (s *Session) finish(conn *connection) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.send == nil {
+	if s.send == nil || s.conn != conn {
 		done := make(chan struct{})
 		close(done)
 		return done

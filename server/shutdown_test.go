@@ -56,3 +56,22 @@ func TestShutdownSendsGoAwayAndDrains(t *testing.T) {
 		}
 	}, 2*time.Second, 5*time.Millisecond)
 }
+
+// A client told to go away hands over its last acknowledgements first, so
+// the user's cursor is where its handler got to.
+func TestGoAwayKeepsTheLastAcks(t *testing.T) {
+	ts := runServer(t, server.Config{AckDelay: time.Hour}) // acks only go out at goodbye
+	rec := newRecorder()
+	c := dial(t, ts, client.Config{Token: "alice"})
+	_, err := c.Session("inbox").Subscribe(context.Background(), "user/alice", client.SubscribeOptions{Since: seqPtr(0)}, rec.handle)
+	require.NoError(t, err)
+	publishN(t, dial(t, ts, client.Config{}), "user/alice", 5)
+	rec.waitCount(t, "user/alice", 5, 5*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, ts.Shutdown(ctx))
+	cur, err := ts.Store.Cursor(context.Background(), "alice", "user/alice")
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), cur.Seq)
+}
