@@ -1,0 +1,147 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// TestMain doubles as the server child: the tests start this binary with
+// "bench-server KIND".
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == "bench-server" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		err := Serve(ctx, os.Args[2], os.Stdin, os.Stdout, log)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// tiny is a scenario at a size CI can afford.
+func tiny(t *testing.T, scenario string) Config {
+	return Config{
+		Scenario: scenario, Subscribers: 5, Messages: 50, Duration: 2 * time.Second, Warmup: 200 * time.Millisecond,
+		Rate: map[string]float64{Latency: 200}[scenario], Backlog: 50, Baseline: true,
+		ServerCommand: func(kind string) *exec.Cmd { return exec.Command(os.Args[0], "bench-server", kind) },
+		Stderr:        t.Output(),
+	}
+}
+
+func TestFanout(t *testing.T) {
+	res, err := Run(t.Context(), tiny(t, Fanout))
+	require.NoError(t, err)
+	require.Equal(t, 5, res.Subscribers)
+	require.Equal(t, 16, res.Window)
+	for name, f := range map[string]*Figures{"quicpush": &res.Quicpush, "raw": res.Raw} {
+		require.NotNil(t, f, name)
+		require.EqualValues(t, 50, f.Published, name)
+		require.EqualValues(t, 250, f.Deliveries, name)
+		require.Zero(t, f.Lost, name)
+		require.Positive(t, f.DeliveriesPerSec, name)
+		require.GreaterOrEqual(t, f.CPUPerDeliveryUs, 0.0, name) // CPU time ticks every 10 ms
+		require.Positive(t, f.RSSMiB, name)
+		require.NotNil(t, f.Latency, name)
+		require.Positive(t, f.Latency.P50, name)
+		require.LessOrEqual(t, f.Latency.P50, f.Latency.P99, name)
+		require.LessOrEqual(t, f.Latency.P99, f.Latency.Max, name)
+	}
+	require.InDelta(t, res.Quicpush.DeliveriesPerSec/res.Raw.DeliveriesPerSec, res.Ratio["deliveries_per_s"], 1e-9)
+	require.Len(t, res.Targets, 1)
+	require.InDelta(t, res.Ratio["deliveries_per_s"], res.Targets[0].Value, 1e-9)
+}
+
+func TestLatency(t *testing.T) {
+	res, err := Run(t.Context(), tiny(t, Latency))
+	require.NoError(t, err)
+	require.Equal(t, 200.0, res.Rate)
+	require.EqualValues(t, 50, res.Quicpush.Published)
+	require.EqualValues(t, 250, res.Raw.Deliveries)
+	require.Positive(t, res.Quicpush.Latency.P99)
+	require.Positive(t, res.Ratio["latency_p99"])
+	require.Len(t, res.Targets, 1)
+	require.Equal(t, res.Quicpush.Latency.P99, res.Targets[0].Value)
+}
+
+func TestIdle(t *testing.T) {
+	res, err := Run(t.Context(), tiny(t, Idle))
+	require.NoError(t, err)
+	for name, f := range map[string]*Figures{"quicpush": &res.Quicpush, "raw": res.Raw} {
+		require.Equal(t, 5, f.Conns, name)
+		require.Positive(t, f.HeapPerConnKiB, name)
+		require.Positive(t, f.GoroutinesPerConn, name)
+		require.Positive(t, f.RSSMiB, name)
+	}
+	require.Contains(t, res.Ratio, "heap_per_conn_kib")
+	require.InDelta(t, res.Quicpush.HeapPerConnKiB-res.Raw.HeapPerConnKiB, res.Overhead["heap_per_conn_kib"], 1e-9)
+	require.Len(t, res.Targets, 1)
+}
+
+func TestStore(t *testing.T) {
+	res, err := Run(t.Context(), tiny(t, Store))
+	require.NoError(t, err)
+	require.Nil(t, res.Raw)
+	require.EqualValues(t, 50, res.Quicpush.Appended)
+	require.Positive(t, res.Quicpush.AppendPerSec)
+	require.EqualValues(t, 50, res.Quicpush.Read)
+	require.Positive(t, res.Quicpush.RangePerSec)
+	require.Len(t, res.Targets, 1)
+}
+
+func TestRepair(t *testing.T) {
+	cfg := tiny(t, Repair)
+	cfg.Subscribers = 2
+	res, err := Run(t.Context(), cfg)
+	require.NoError(t, err)
+	require.Nil(t, res.Raw)
+	require.EqualValues(t, 100, res.Quicpush.Deliveries)
+	require.Positive(t, res.Quicpush.CaughtUpSeconds)
+	require.Positive(t, res.Quicpush.RepairPerSec)
+	require.Len(t, res.Targets, 1)
+}
+
+func TestTable(t *testing.T) {
+	res := Result{Scenario: Idle, Subscribers: 10, Size: 100,
+		Quicpush: Figures{Conns: 10, RSSPerConnKiB: 70, HeapPerConnKiB: 40, GoroutinesPerConn: 5},
+		Raw:      &Figures{Conns: 10, RSSPerConnKiB: 56, HeapPerConnKiB: 34, GoroutinesPerConn: 4},
+	}
+	res.compare()
+	res.checkTargets()
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, []Result{res}))
+	out := b.String()
+	for _, want := range []string{"server RSS KiB/conn", "70.0", "56.0", "1.25x (+14.0)", "<= 30 KiB: MISSED"} {
+		require.Contains(t, out, want)
+	}
+	require.Equal(t, 5, strings.Count(out, "\n")) // the header and four figures
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, cfg := range []Config{
+		{Scenario: "nope"},
+		{Scenario: Fanout},              // no ServerCommand
+		{Scenario: Store, Size: 8},      // too small for a timestamp
+		{Scenario: Store, Rate: -1},     // negative
+		{Scenario: Store, Window: -1},   // negative
+		{Scenario: Store, Messages: -3}, // negative
+	} {
+		_, err := Run(context.Background(), cfg)
+		require.Error(t, err, "%+v", cfg)
+	}
+}

@@ -1,0 +1,136 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Run runs cfg's scenario once, with the raw baseline after quicpush when
+// cfg.Baseline is set, and returns the result.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Scenario: cfg.Scenario, Size: cfg.Size}
+	var measure func(context.Context, *Config, string) (Figures, error)
+	baseline := cfg.Baseline
+	switch cfg.Scenario {
+	case Fanout, Latency:
+		res.Subscribers, res.Rate = cfg.Subscribers, cfg.Rate
+		if cfg.Rate == 0 {
+			res.Window = cfg.Window
+		} else {
+			res.Publishers = cfg.Publishers
+		}
+		measure = delivery
+	case Idle:
+		res.Subscribers = cfg.Subscribers
+		measure = idle
+	case Store:
+		res.Publishers, res.Batch = cfg.Publishers, cfg.Batch
+		measure, baseline = storeBench, false
+	case Repair:
+		res.Subscribers, res.Backlog, res.Publishers = cfg.Subscribers, cfg.Backlog, cfg.Publishers
+		measure, baseline = repair, false
+	}
+	if res.Quicpush, err = measure(ctx, &cfg, KindQuicpush); err != nil {
+		return res, fmt.Errorf("%s (quicpush): %w", cfg.Scenario, err)
+	}
+	if baseline {
+		raw, err := measure(ctx, &cfg, KindRaw)
+		if err != nil {
+			return res, fmt.Errorf("%s (raw quic-go): %w", cfg.Scenario, err)
+		}
+		res.Raw = &raw
+	}
+	res.compare()
+	res.checkTargets()
+	return res, nil
+}
+
+// status tells cfg.Progress what a run is doing, every 250 ms.
+type status struct {
+	report func(string)
+	prefix string
+	stop   chan struct{}
+	done   chan struct{}
+
+	mu   sync.Mutex
+	line func() string
+}
+
+func startStatus(cfg *Config, kind string) *status {
+	s := &status{
+		report: cfg.Progress,
+		prefix: fmt.Sprintf("[%s %s] ", cfg.Scenario, kind),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		line:   func() string { return "starting" },
+	}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				s.show()
+			}
+		}
+	}()
+	return s
+}
+
+// set starts a phase whose status line is line().
+func (s *status) set(line func() string) {
+	s.mu.Lock()
+	s.line = line
+	s.mu.Unlock()
+	s.show()
+}
+
+func (s *status) show() {
+	s.mu.Lock()
+	line := s.line
+	s.mu.Unlock()
+	s.report(s.prefix + line())
+}
+
+func (s *status) end() {
+	close(s.stop)
+	<-s.done
+}
+
+// profiler records the server's CPU profile over the measuring time when
+// cfg.ProfileDir is set.
+func profiler(cfg *Config, srv *serverProc) (stop func() error, err error) {
+	if cfg.ProfileDir == "" {
+		return func() error { return nil }, nil
+	}
+	name := fmt.Sprintf("%s-%s-%s.pprof", cfg.Scenario, srv.kind, strconv.Itoa(cfg.Subscribers))
+	path, err := filepath.Abs(filepath.Join(cfg.ProfileDir, name))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := srv.call("profile " + path); err != nil {
+		return nil, err
+	}
+	return func() error {
+		_, err := srv.call("profile-stop")
+		return err
+	}, nil
+}
+
+func perSec(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
