@@ -32,7 +32,7 @@ type benchCmd struct {
 	Backlog      int           `env:"QUICPUSH_BENCH_BACKLOG" placeholder:"K" help:"repair: messages published while the subscribers were away (default: 100000)."`
 	Baseline     bool          `default:"true" negatable:"" env:"QUICPUSH_BENCH_BASELINE" help:"Also run the raw quic-go baseline (fanout, latency, idle) (default: ${default})."`
 	Out          string        `type:"path" env:"QUICPUSH_BENCH_OUT" placeholder:"FILE" help:"Also write every result, with the machine's description, to FILE as JSON."`
-	Profile      string        `type:"path" env:"QUICPUSH_BENCH_PROFILE" placeholder:"DIR" help:"Write a CPU profile of each server over each measuring time to DIR (go tool pprof DIR/fanout-quicpush-1000.pprof)."`
+	Profile      string        `type:"path" env:"QUICPUSH_BENCH_PROFILE" placeholder:"DIR" help:"Write a CPU profile of each server over each measuring time to DIR and of the load clients (go tool pprof DIR/fanout-quicpush-1000.pprof, DIR/fanout-quicpush-1000-load.pprof); idle: a heap profile and the goroutines of each server."`
 }
 
 // Help explains the output, below the flags of "quicpush bench --help".
@@ -53,7 +53,8 @@ quic-go server doing the same fan-out with no store and no protocol. Prints
 one JSON object per run on stdout, a progress line while it runs and a table
 at the end on stderr. Targets (printed, never asserted): fanout >= 0.8x raw
 at 1000 subscribers; latency p99 <= 50 ms at 1000 subscribers x 50 msg/s;
-idle <= 30 KiB RSS per connection; store >= 200k msg/s; repair >= 100k msg/s.`
+idle <= 30 KiB more RSS per connection than raw quic-go; store >= 200k
+msg/s; repair >= 100k msg/s. docs/BENCHMARKS.md has this machine's figures.`
 }
 
 func (c *benchCmd) Validate() error {

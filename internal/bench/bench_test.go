@@ -118,7 +118,7 @@ func TestRepair(t *testing.T) {
 
 func TestTable(t *testing.T) {
 	res := Result{Scenario: Idle, Subscribers: 10, Size: 100,
-		Quicpush: Figures{Conns: 10, RSSPerConnKiB: 70, HeapPerConnKiB: 40, GoroutinesPerConn: 5},
+		Quicpush: Figures{Conns: 10, RSSPerConnKiB: 100, HeapPerConnKiB: 40, GoroutinesPerConn: 5},
 		Raw:      &Figures{Conns: 10, RSSPerConnKiB: 56, HeapPerConnKiB: 34, GoroutinesPerConn: 4},
 	}
 	res.compare()
@@ -126,10 +126,10 @@ func TestTable(t *testing.T) {
 	var b bytes.Buffer
 	require.NoError(t, WriteTable(&b, []Result{res}))
 	out := b.String()
-	for _, want := range []string{"server RSS KiB/conn", "70.0", "56.0", "1.25x (+14.0)", "<= 30 KiB: MISSED"} {
+	for _, want := range []string{"server RSS KiB/conn", "100.0", "56.0", "1.79x (+44.0)", "<= +30 KiB: MISSED"} {
 		require.Contains(t, out, want)
 	}
-	require.Equal(t, 5, strings.Count(out, "\n")) // the header and four figures
+	require.Equal(t, 6, strings.Count(out, "\n")) // the header and five figures
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -56,7 +56,8 @@ type Config struct {
 	// Baseline also runs the raw quic-go baseline (fanout, latency, idle).
 	Baseline bool
 	// ProfileDir, if set, receives a CPU profile of each server over each
-	// measuring time: SCENARIO-KIND-N.pprof.
+	// measuring time, SCENARIO-KIND-N.pprof, and of the load clients,
+	// SCENARIO-KIND-N-load.pprof.
 	ProfileDir string
 
 	// ServerCommand returns the command that runs a server child of kind

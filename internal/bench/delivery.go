@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -76,7 +76,7 @@ func delivery(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	}
 
 	tr.from.Store(pub.next.Load() + 1)
-	stopProfile, err := profiler(cfg, srv)
+	stopProfile, err := profiler(cfg, kind, srv)
 	if err != nil {
 		return Figures{}, err
 	}
@@ -84,7 +84,6 @@ func delivery(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
-	load0, _ := cpuTime(os.Getpid())
 	st.set(func() string {
 		d := time.Since(s0.at)
 		n := tr.measured.Load()
@@ -100,7 +99,6 @@ func delivery(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
-	load1, _ := cpuTime(os.Getpid())
 	if err := stopProfile(); err != nil {
 		return Figures{}, err
 	}
@@ -109,10 +107,11 @@ func delivery(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	}
 	wall, cpu := s1.at.Sub(s0.at), s1.cpu-s0.cpu
 	got := tr.measured.Load()
+	c := coresBetween(s0, s1)
 	f := Figures{
 		Published: published, Deliveries: got, Lost: want - got,
 		Seconds: wall.Seconds(), DeliveriesPerSec: perSec(got, wall),
-		CPUCores: cpu.Seconds() / wall.Seconds(), LoadCPUCores: (load1 - load0).Seconds() / wall.Seconds(),
+		CPUCores: c.server, LoadCPUCores: c.load, BusyCPUCores: c.busy,
 		Latency: percentiles(tr.latencies()), RSSMiB: float64(s1.rss) / (1 << 20),
 	}
 	if got > 0 {
@@ -171,11 +170,21 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
+	if cfg.ProfileDir != "" {
+		base, err := filepath.Abs(filepath.Join(cfg.ProfileDir, fmt.Sprintf("idle-%s-%d", kind, cfg.Subscribers)))
+		if err == nil {
+			_, err = srv.call("snapshot " + base)
+		}
+		if err != nil {
+			return Figures{}, err
+		}
+	}
 	n := float64(cfg.Subscribers)
 	return Figures{
 		Conns:             cfg.Subscribers,
 		RSSPerConnKiB:     float64(s2.rss-s0.rss) / 1024 / n,
 		HeapPerConnKiB:    (float64(h1.HeapBytes) - float64(h0.HeapBytes)) / 1024 / n,
+		StackPerConnKiB:   (float64(h1.StackBytes) - float64(h0.StackBytes)) / 1024 / n,
 		GoroutinesPerConn: float64(h1.Goroutines-h0.Goroutines) / n,
 		CPUPerConnectMs:   float64((s1.cpu - s0.cpu).Microseconds()) / 1000 / n,
 		RSSMiB:            float64(s2.rss) / (1 << 20),

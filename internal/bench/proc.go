@@ -109,20 +109,39 @@ func (p *serverProc) close() error {
 
 // sample is what the parent reads of a child at one moment.
 type sample struct {
-	at  time.Time
-	cpu time.Duration // user + system time used so far
-	rss int64         // bytes
+	at   time.Time
+	cpu  time.Duration // the child's user + system time so far
+	rss  int64         // the child's, in bytes
+	load time.Duration // this process's CPU time (the load clients)
+	busy time.Duration // the CPU time of every process on the machine
 }
 
 func (p *serverProc) sample() (sample, error) {
-	pid := p.cmd.Process.Pid
 	s := sample{at: time.Now()}
 	var err error
-	if s.cpu, err = cpuTime(pid); err != nil {
+	if s.cpu, err = cpuTime(p.cmd.Process.Pid); err != nil {
 		return s, err
 	}
-	s.rss, err = rss(pid)
+	if s.rss, err = rss(p.cmd.Process.Pid); err != nil {
+		return s, err
+	}
+	if s.load, err = cpuTime(os.Getpid()); err != nil {
+		return s, err
+	}
+	s.busy, err = machineBusy()
 	return s, err
+}
+
+// cores are the CPU cores used between two samples (CPU time per second).
+type cores struct{ server, load, busy float64 }
+
+func coresBetween(s0, s1 sample) cores {
+	wall := s1.at.Sub(s0.at).Seconds()
+	return cores{
+		server: (s1.cpu - s0.cpu).Seconds() / wall,
+		load:   (s1.load - s0.load).Seconds() / wall,
+		busy:   (s1.busy - s0.busy).Seconds() / wall,
+	}
 }
 
 // userHZ is the unit of the times in /proc/PID/stat: 100 per second on
@@ -137,8 +156,11 @@ func cpuTime(pid int) (time.Duration, error) {
 	}
 	// The command name, field 2, may hold spaces: count after its ')'.
 	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("cannot parse /proc/PID/stat")
+	}
 	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
+	if len(f) < 13 {
 		return 0, errors.New("cannot parse /proc/PID/stat")
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
@@ -147,6 +169,30 @@ func cpuTime(pid int) (time.Duration, error) {
 		return 0, errors.New("cannot parse /proc/PID/stat")
 	}
 	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
+// machineBusy reads the CPU time every process on the machine has used
+// (user, nice, system, irq, softirq) from /proc/stat, to tell how much of
+// the machine other work took during a measurement.
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, errors.New("cannot parse /proc/stat")
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, errors.New("cannot parse /proc/stat")
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / userHZ, nil
 }
 
 // rss reads a process's resident set size from /proc/PID/status.

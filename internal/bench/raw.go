@@ -83,30 +83,32 @@ func (s *rawServer) close() {
 }
 
 func (s *rawServer) serve(conn *quic.Conn) {
-	defer conn.CloseWithError(0, "")
 	st, err := conn.AcceptStream(s.ctx)
 	if err != nil {
+		conn.CloseWithError(0, "")
 		return
 	}
 	r := bufio.NewReader(st)
 	role, err := r.ReadByte()
-	if err != nil {
-		return
-	}
-	switch role {
-	case rawSubscriber:
+	switch {
+	case err == nil && role == rawSubscriber:
 		// The writer the quicpush server uses (straight into quic-go while
-		// the stream has credit, queued otherwise): the same batching.
+		// the stream has credit, queued otherwise): the same batching. No
+		// goroutine waits for the end: quic-go's own are all there is.
 		snd := stream.NewSender(st, nil, nil)
 		s.mu.Lock()
 		s.subs[snd] = struct{}{}
 		s.mu.Unlock()
-		<-conn.Context().Done()
-		s.mu.Lock()
-		delete(s.subs, snd)
-		s.mu.Unlock()
-	case rawPublisher:
+		context.AfterFunc(conn.Context(), func() {
+			s.mu.Lock()
+			delete(s.subs, snd)
+			s.mu.Unlock()
+		})
+	case err == nil && role == rawPublisher:
 		s.publish(r)
+		fallthrough
+	default:
+		conn.CloseWithError(0, "")
 	}
 }
 

@@ -46,7 +46,7 @@ func repair(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	}
 	defer closeAll()
 
-	stopProfile, err := profiler(cfg, srv)
+	stopProfile, err := profiler(cfg, kind, srv)
 	if err != nil {
 		return Figures{}, err
 	}
@@ -83,11 +83,11 @@ func repair(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if got.Load() < want {
 		return Figures{}, fmt.Errorf("%d of %d messages repaired by %v", got.Load(), want, until.Format(time.TimeOnly))
 	}
-	wall := s1.at.Sub(s0.at)
+	wall, c := s1.at.Sub(s0.at), coresBetween(s0, s1)
 	return Figures{
 		Deliveries: got.Load(), CaughtUpSeconds: wall.Seconds(), RepairPerSec: perSec(got.Load(), wall),
 		CPUPerRepairedUs: float64((s1.cpu - s0.cpu).Microseconds()) / float64(got.Load()),
-		CPUCores:         (s1.cpu - s0.cpu).Seconds() / wall.Seconds(), RSSMiB: float64(s1.rss) / (1 << 20),
+		CPUCores:         c.server, LoadCPUCores: c.load, BusyCPUCores: c.busy, RSSMiB: float64(s1.rss) / (1 << 20),
 	}, nil
 }
 

@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
-	"strconv"
+	"runtime/pprof"
 	"sync"
 	"time"
 )
@@ -108,23 +110,40 @@ func (s *status) end() {
 	<-s.done
 }
 
-// profiler records the server's CPU profile over the measuring time when
-// cfg.ProfileDir is set.
-func profiler(cfg *Config, srv *serverProc) (stop func() error, err error) {
+// profiler records CPU profiles over the measuring time when
+// cfg.ProfileDir is set: this process's (the load clients', or the store
+// scenario's store) as SCENARIO-KIND-N-load.pprof, and the server child's,
+// if any, as SCENARIO-KIND-N.pprof.
+func profiler(cfg *Config, kind string, srv *serverProc) (stop func() error, err error) {
 	if cfg.ProfileDir == "" {
 		return func() error { return nil }, nil
 	}
-	name := fmt.Sprintf("%s-%s-%s.pprof", cfg.Scenario, srv.kind, strconv.Itoa(cfg.Subscribers))
-	path, err := filepath.Abs(filepath.Join(cfg.ProfileDir, name))
+	base := filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-%d", cfg.Scenario, kind, cfg.Subscribers))
+	if base, err = filepath.Abs(base); err != nil {
+		return nil, err
+	}
+	load, err := os.Create(base + "-load.pprof")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := srv.call("profile " + path); err != nil {
+	if err := pprof.StartCPUProfile(load); err != nil {
+		load.Close()
+		return nil, err
+	}
+	stopLoad := func() error {
+		pprof.StopCPUProfile()
+		return load.Close()
+	}
+	if srv == nil {
+		return stopLoad, nil
+	}
+	if _, err := srv.call("profile " + base + ".pprof"); err != nil {
+		stopLoad()
 		return nil, err
 	}
 	return func() error {
 		_, err := srv.call("profile-stop")
-		return err
+		return errors.Join(err, stopLoad())
 	}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -35,6 +36,7 @@ type readyLine struct {
 // statsLine answers the "stats" command.
 type statsLine struct {
 	HeapBytes  uint64 `json:"heap_bytes"` // live heap, right after a GC
+	StackBytes uint64 `json:"stack_bytes"`
 	Goroutines int    `json:"goroutines"`
 	Error      string `json:"error,omitempty"`
 }
@@ -44,9 +46,10 @@ type statsLine struct {
 // on out once it listens, then answers each command line read from in with
 // one JSON line, until in ends or ctx is done:
 //
-//	stats          {"heap_bytes","goroutines"} (after a GC)
+//	stats          {"heap_bytes","stack_bytes","goroutines"} (after a GC)
 //	profile FILE   starts a CPU profile into FILE
 //	profile-stop   stops it
+//	snapshot BASE  writes BASE.heap.pprof (after a GC) and BASE.goroutines.txt
 //
 // Its data (the store, the dev certificates) lives in a temporary
 // directory that is removed on return. A quicpush child builds its server
@@ -144,7 +147,7 @@ func control(ctx context.Context, in io.Reader, enc *json.Encoder) error {
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			reply.HeapBytes, reply.Goroutines = ms.HeapAlloc, runtime.NumGoroutine()
+			reply.HeapBytes, reply.StackBytes, reply.Goroutines = ms.HeapAlloc, ms.StackInuse, runtime.NumGoroutine()
 		case cmd == "profile" && profile == nil:
 			f, err := os.Create(arg)
 			if err == nil {
@@ -163,6 +166,11 @@ func control(ctx context.Context, in io.Reader, enc *json.Encoder) error {
 				reply.Error = err.Error()
 			}
 			profile = nil
+		case cmd == "snapshot":
+			runtime.GC()
+			if err := errors.Join(writeProfile(arg+".heap.pprof", "heap", 0), writeProfile(arg+".goroutines.txt", "goroutine", 1)); err != nil {
+				reply.Error = err.Error()
+			}
 		default:
 			reply.Error = fmt.Sprintf("unexpected command %q", line)
 		}
@@ -170,4 +178,13 @@ func control(ctx context.Context, in io.Reader, enc *json.Encoder) error {
 			return err
 		}
 	}
+}
+
+// writeProfile writes the named runtime profile to path.
+func writeProfile(path, name string, debug int) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(pprof.Lookup(name).WriteTo(f, debug), f.Close())
 }

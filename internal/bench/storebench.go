@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -21,7 +22,8 @@ const storeChannels = 16
 // pages of 1000, as repairs do. It runs in this process: the store has no
 // network part.
 func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
-	st := startStatus(cfg, "badger")
+	const kind = "badger"
+	st := startStatus(cfg, kind)
 	defer st.end()
 	dir, err := os.MkdirTemp("", "quicpush-bench-store-")
 	if err != nil {
@@ -41,6 +43,14 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 	)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	stopProfile, err := profiler(cfg, kind, nil)
+	if err != nil {
+		return Figures{}, err
+	}
+	cpu0, err := cpuTime(os.Getpid())
+	if err != nil {
+		return Figures{}, err
+	}
 	start := time.Now()
 	until := start.Add(cfg.Duration)
 	st.set(func() string {
@@ -74,7 +84,11 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 	}
 	wg.Wait()
 	appendTime := time.Since(start)
-	if err := context.Cause(ctx); err != nil {
+	cpu1, err := cpuTime(os.Getpid())
+	if err != nil {
+		return Figures{}, err
+	}
+	if err := errors.Join(context.Cause(ctx), stopProfile()); err != nil {
 		return Figures{}, fmt.Errorf("appending: %w", err)
 	}
 
@@ -101,8 +115,13 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 		}
 	}
 	rangeTime := time.Since(start)
-	return Figures{
+	f := Figures{
 		Appended: appended.Load(), AppendPerSec: perSec(appended.Load(), appendTime),
-		Read: read, RangePerSec: perSec(read, rangeTime),
-	}, nil
+		CPUCores: (cpu1 - cpu0).Seconds() / appendTime.Seconds(),
+		Read:     read, RangePerSec: perSec(read, rangeTime),
+	}
+	if f.Appended > 0 {
+		f.CPUPerAppendUs = float64((cpu1 - cpu0).Microseconds()) / float64(f.Appended)
+	}
+	return f, nil
 }
