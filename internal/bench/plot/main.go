@@ -1,12 +1,12 @@
-// Command plot draws the charts of docs/BENCHMARKS.md from the file that
+// Command plot draws the charts of docs/BENCHMARKS.md from the files that
 // "quicpush bench ... --out FILE" writes: publish -> deliver latency (p50,
 // p99) against subscribers, and fan-out deliveries/s against subscribers,
 // quicpush beside the raw quic-go baseline.
 //
-//	go run ./internal/bench/plot -in docs/bench/results.json -dir docs/bench
+//	go run ./internal/bench/plot -dir docs/bench docs/bench/*.json
 //
-// It writes DIR/latency.png and DIR/fanout.png for the scenarios the file
-// holds at two subscriber counts or more.
+// It writes DIR/latency.png and DIR/fanout.png for the scenarios the files
+// hold at two subscriber counts or more.
 package main
 
 import (
@@ -27,10 +27,17 @@ import (
 )
 
 func main() {
-	in := flag.String("in", "docs/bench/results.json", "results written by quicpush bench --out")
 	dir := flag.String("dir", "docs/bench", "where to write the PNGs")
+	flag.Usage = func() {
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: plot [-dir DIR] RESULTS.json... (written by quicpush bench --out)")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
-	if err := run(*in, *dir); err != nil {
+	if flag.NArg() == 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(flag.Args(), *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "plot:", err)
 		os.Exit(1)
 	}
@@ -49,16 +56,20 @@ var (
 	rawColor      = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
 )
 
-func run(in, dir string) error {
-	b, err := os.ReadFile(in)
-	if err != nil {
-		return err
-	}
-	var doc struct {
-		Results []bench.Result `json:"results"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+func run(files []string, dir string) error {
+	var results []bench.Result
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		var doc struct {
+			Results []bench.Result `json:"results"`
+		}
+		if err := json.Unmarshal(b, &doc); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		results = append(results, doc.Results...)
 	}
 	p50 := func(f *bench.Figures) float64 { return f.Latency.P50 }
 	p99 := func(f *bench.Figures) float64 { return f.Latency.P99 }
@@ -79,7 +90,7 @@ func run(in, dir string) error {
 	}
 	for _, c := range charts {
 		var rs []bench.Result
-		for _, r := range doc.Results {
+		for _, r := range results {
 			if r.Scenario == c.scenario && r.Raw != nil {
 				rs = append(rs, r)
 			}
