@@ -42,6 +42,25 @@ func newSystem(cfg *Config, p *serverProc, channel string) (system, error) {
 	return quicpushSystem{addr: p.addr, tls: tlsConf, log: cfg.Logger, channel: channel}, nil
 }
 
+// startSystem starts a server child of kind and its load clients' view of
+// it; stop ends the child.
+func startSystem(cfg *Config, kind, channel string) (sys system, srv *serverProc, stop func(), err error) {
+	srv, err = startServer(cfg, kind)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stop = func() {
+		if err := srv.close(); err != nil {
+			cfg.Logger.Warn("server child", "kind", kind, "err", err)
+		}
+	}
+	if sys, err = newSystem(cfg, srv, channel); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return sys, srv, stop, nil
+}
+
 // quicpushSystem is the quicpush server through the Go SDK.
 type quicpushSystem struct {
 	addr    string

@@ -6,14 +6,17 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/quicvarint"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quicpush/quicpush/stream"
+	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
 
 // The raw baseline: quic-go alone, doing what the quicpush server does for
@@ -227,4 +230,14 @@ func (s rawSystem) publisher(ctx context.Context) (publishFunc, func(), error) {
 		return err
 	}
 	return publish, func() { conn.CloseWithError(0, "") }, nil
+}
+
+// pushSize is the size of the push frame the quicpush server sends for a
+// message of size bytes on channel, so that the raw baseline sends as many
+// bytes per delivery.
+func pushSize(channel string, size int) int {
+	return proto.Size(&pb.Frame{Body: &pb.Frame_Push{Push: &pb.Push{
+		Channel: channel, Epoch: math.MaxUint64 / 3, Seq: 100000, Data: make([]byte, size),
+		TimeUnixNs: time.Now().UnixNano(), From: "publisher", Id: msgID(100000),
+	}}})
 }
