@@ -31,6 +31,7 @@ type benchCmd struct {
 	Batch        int           `env:"QUICPUSH_BENCH_BATCH" placeholder:"N" help:"store: messages per append call (default: 16)."`
 	Backlog      int           `env:"QUICPUSH_BENCH_BACKLOG" placeholder:"K" help:"repair: messages published while the subscribers were away (default: 100000)."`
 	Baseline     bool          `default:"true" negatable:"" env:"QUICPUSH_BENCH_BASELINE" help:"Also run the raw quic-go baseline (fanout, latency, idle) (default: ${default})."`
+	Repeat       int           `default:"1" env:"QUICPUSH_BENCH_REPEAT" placeholder:"N" help:"Run everything N times, one round after the other; on a shared machine, the run the rest of the machine disturbed least is the one to read (see other_cpu_cores) (default: ${default})."`
 	Out          string        `type:"path" env:"QUICPUSH_BENCH_OUT" placeholder:"FILE" help:"Also write every result, with the machine's description, to FILE as JSON."`
 	Profile      string        `type:"path" env:"QUICPUSH_BENCH_PROFILE" placeholder:"DIR" help:"Write a CPU profile of each server over each measuring time to DIR and of the load clients (go tool pprof DIR/fanout-quicpush-1000.pprof, DIR/fanout-quicpush-1000-load.pprof); idle: a heap profile and the goroutines of each server."`
 }
@@ -74,9 +75,11 @@ func (c *benchCmd) Validate() error {
 			return errors.New("--subscribers must be positive")
 		}
 	}
-	if c.Rate < 0 || c.Window < 0 || c.Duration <= 0 || c.Warmup < 0 || c.Messages < 0 ||
-		c.Publishers < 0 || c.Batch < 0 || c.Backlog < 0 {
-		return errors.New("--duration must be positive; --rate, --window, --warmup, --messages, --publishers, --batch and --backlog must not be negative")
+	if c.Duration <= 0 || c.Repeat < 1 {
+		return errors.New("--duration and --repeat must be positive")
+	}
+	if c.Rate < 0 || c.Window < 0 || c.Warmup < 0 || c.Messages < 0 || c.Publishers < 0 || c.Batch < 0 || c.Backlog < 0 {
+		return errors.New("--rate, --window, --warmup, --messages, --publishers, --batch and --backlog must not be negative")
 	}
 	if c.Size < 16 || c.Size > 60<<10 {
 		return errors.New("--size must be between 16 (a timestamp and a number) and 61440 bytes")
@@ -112,31 +115,33 @@ func (c *benchCmd) Run(ctx context.Context, e *env) error {
 	prog := newProgress(e.stderr)
 	var results []bench.Result
 	var lost int64
-	for _, scenario := range scenarios {
-		for _, n := range subscribers {
-			res, err := bench.Run(ctx, bench.Config{
-				Scenario: scenario, Subscribers: n, Rate: c.Rate, Window: c.Window,
-				Duration: c.Duration, Warmup: warmup, Messages: c.Messages, Size: c.Size,
-				Publishers: c.Publishers, Batch: c.Batch, Backlog: c.Backlog,
-				Baseline: c.Baseline, ProfileDir: c.Profile,
-				ServerCommand: func(kind string) *exec.Cmd {
-					return exec.Command(exe, "--log-level", level, "bench-server", kind)
-				},
-				Stderr:   prog,
-				Progress: prog.status,
-				Logger:   newLogger(prog, level),
-			})
-			prog.clear()
-			if err != nil {
-				return err
-			}
-			if err := writeLine(e.stdout, res); err != nil {
-				return fmt.Errorf("cannot write to stdout: %w", err)
-			}
-			results = append(results, res)
-			lost += res.Quicpush.Lost
-			if res.Raw != nil {
-				lost += res.Raw.Lost
+	for round := 0; round < c.Repeat; round++ {
+		for _, scenario := range scenarios {
+			for _, n := range subscribers {
+				res, err := bench.Run(ctx, bench.Config{
+					Scenario: scenario, Subscribers: n, Rate: c.Rate, Window: c.Window,
+					Duration: c.Duration, Warmup: warmup, Messages: c.Messages, Size: c.Size,
+					Publishers: c.Publishers, Batch: c.Batch, Backlog: c.Backlog,
+					Baseline: c.Baseline, ProfileDir: c.Profile,
+					ServerCommand: func(kind string) *exec.Cmd {
+						return exec.Command(exe, "--log-level", level, "bench-server", kind)
+					},
+					Stderr:   prog,
+					Progress: prog.status,
+					Logger:   newLogger(prog, level),
+				})
+				prog.clear()
+				if err != nil {
+					return err
+				}
+				if err := writeLine(e.stdout, res); err != nil {
+					return fmt.Errorf("cannot write to stdout: %w", err)
+				}
+				results = append(results, res)
+				lost += res.Quicpush.Lost
+				if res.Raw != nil {
+					lost += res.Raw.Lost
+				}
 			}
 		}
 	}

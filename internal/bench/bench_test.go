@@ -145,3 +145,11 @@ func TestConfigErrors(t *testing.T) {
 		require.Error(t, err, "%+v", cfg)
 	}
 }
+
+func TestQuietest(t *testing.T) {
+	run := func(subs int, other float64) Result {
+		return Result{Scenario: Fanout, Subscribers: subs, Quicpush: Figures{OtherCPUCores: other}, Raw: &Figures{OtherCPUCores: other / 2}}
+	}
+	got := Quietest([]Result{run(10, 0.5), run(20, 0.1), run(10, 0.2), run(10, 0.3), run(20, 0.4)})
+	require.Equal(t, []Result{run(10, 0.2), run(20, 0.1)}, got)
+}

@@ -86,7 +86,7 @@ func delivery(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	f := Figures{
 		Published: published, Deliveries: got, Lost: want - got,
 		Seconds: wall.Seconds(), DeliveriesPerSec: perSec(got, wall),
-		CPUCores: c.server, LoadCPUCores: c.load, BusyCPUCores: c.busy,
+		CPUCores: c.server, LoadCPUCores: c.load, OtherCPUCores: c.other,
 		Latency: percentiles(tr.latencies()), RSSMiB: float64(s1.rss) / (1 << 20),
 	}
 	if got > 0 {

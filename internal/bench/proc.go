@@ -117,14 +117,21 @@ type sample struct {
 }
 
 func (p *serverProc) sample() (sample, error) {
-	s := sample{at: time.Now()}
-	var err error
+	s, err := sampleSelf()
+	if err != nil {
+		return s, err
+	}
 	if s.cpu, err = cpuTime(p.cmd.Process.Pid); err != nil {
 		return s, err
 	}
-	if s.rss, err = rss(p.cmd.Process.Pid); err != nil {
-		return s, err
-	}
+	s.rss, err = rss(p.cmd.Process.Pid)
+	return s, err
+}
+
+// sampleSelf samples this process and the machine (no server child).
+func sampleSelf() (sample, error) {
+	s := sample{at: time.Now()}
+	var err error
 	if s.load, err = cpuTime(os.Getpid()); err != nil {
 		return s, err
 	}
@@ -132,16 +139,20 @@ func (p *serverProc) sample() (sample, error) {
 	return s, err
 }
 
-// cores are the CPU cores used between two samples (CPU time per second).
-type cores struct{ server, load, busy float64 }
+// cores are the CPU cores used between two samples (CPU time per second)
+// by the server, by the load clients, and by every other process.
+type cores struct{ server, load, other float64 }
 
 func coresBetween(s0, s1 sample) cores {
 	wall := s1.at.Sub(s0.at).Seconds()
-	return cores{
+	c := cores{
 		server: (s1.cpu - s0.cpu).Seconds() / wall,
 		load:   (s1.load - s0.load).Seconds() / wall,
-		busy:   (s1.busy - s0.busy).Seconds() / wall,
 	}
+	// Ticks are counted apart, so a quiet machine may come out a little
+	// below zero.
+	c.other = max(0, (s1.busy-s0.busy).Seconds()/wall-c.server-c.load)
+	return c
 }
 
 // userHZ is the unit of the times in /proc/PID/stat: 100 per second on

@@ -87,7 +87,7 @@ func repair(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	return Figures{
 		Deliveries: got.Load(), CaughtUpSeconds: wall.Seconds(), RepairPerSec: perSec(got.Load(), wall),
 		CPUPerRepairedUs: float64((s1.cpu - s0.cpu).Microseconds()) / float64(got.Load()),
-		CPUCores:         c.server, LoadCPUCores: c.load, BusyCPUCores: c.busy, RSSMiB: float64(s1.rss) / (1 << 20),
+		CPUCores:         c.server, LoadCPUCores: c.load, OtherCPUCores: c.other, RSSMiB: float64(s1.rss) / (1 << 20),
 	}, nil
 }
 

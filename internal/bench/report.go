@@ -80,7 +80,7 @@ func (r *Result) rows() []row {
 		add("server CPU µs/delivery", func(f *Figures) float64 { return f.CPUPerDeliveryUs }, "%.1f", "server_cpu_us_per_delivery")
 		add("server CPU cores", func(f *Figures) float64 { return f.CPUCores }, "%.2f", "")
 		add("load clients CPU cores", func(f *Figures) float64 { return f.LoadCPUCores }, "%.2f", "")
-		add("machine busy cores (all)", func(f *Figures) float64 { return f.BusyCPUCores }, "%.2f", "")
+		add("other processes cores", func(f *Figures) float64 { return f.OtherCPUCores }, "%.2f", "")
 		add("latency p50 ms", lat(func(p *Percentiles) float64 { return p.P50 }), "%.1f", "latency_p50")
 		add("latency p90 ms", lat(func(p *Percentiles) float64 { return p.P90 }), "%.1f", "")
 		add("latency p99 ms", lat(func(p *Percentiles) float64 { return p.P99 }), "%.1f", "latency_p99")
@@ -96,6 +96,7 @@ func (r *Result) rows() []row {
 		add("durable appends/s", func(f *Figures) float64 { return f.AppendPerSec }, "%.0f", "")
 		add("CPU µs/append", func(f *Figures) float64 { return f.CPUPerAppendUs }, "%.1f", "")
 		add("CPU cores appending", func(f *Figures) float64 { return f.CPUCores }, "%.2f", "")
+		add("other processes cores", func(f *Figures) float64 { return f.OtherCPUCores }, "%.2f", "")
 		add("range reads msgs/s", func(f *Figures) float64 { return f.RangePerSec }, "%.0f", "")
 	case Repair:
 		add("caught up after s", func(f *Figures) float64 { return f.CaughtUpSeconds }, "%.2f", "")
@@ -103,7 +104,7 @@ func (r *Result) rows() []row {
 		add("server CPU µs/msg", func(f *Figures) float64 { return f.CPUPerRepairedUs }, "%.2f", "")
 		add("server CPU cores", func(f *Figures) float64 { return f.CPUCores }, "%.2f", "")
 		add("load clients CPU cores", func(f *Figures) float64 { return f.LoadCPUCores }, "%.2f", "")
-		add("machine busy cores (all)", func(f *Figures) float64 { return f.BusyCPUCores }, "%.2f", "")
+		add("other processes cores", func(f *Figures) float64 { return f.OtherCPUCores }, "%.2f", "")
 	}
 	for _, t := range r.Targets {
 		verdict := "met"

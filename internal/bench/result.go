@@ -30,17 +30,19 @@ type Result struct {
 type Figures struct {
 	// fanout and latency: over the time from the first measured publish to
 	// the last delivery of a measured message.
-	Published        int64        `json:"published,omitempty"`
-	Deliveries       int64        `json:"deliveries,omitempty"`
-	Lost             int64        `json:"lost,omitempty"` // deliveries missing when the wait ended
-	Seconds          float64      `json:"seconds,omitempty"`
-	DeliveriesPerSec float64      `json:"deliveries_per_s,omitempty"`
-	CPUPerDeliveryUs float64      `json:"server_cpu_us_per_delivery,omitempty"`
-	CPUCores         float64      `json:"server_cpu_cores,omitempty"` // CPU time / wall time
-	LoadCPUCores     float64      `json:"load_cpu_cores,omitempty"`   // the load clients' process
-	BusyCPUCores     float64      `json:"busy_cpu_cores,omitempty"`   // every process on the machine
-	Latency          *Percentiles `json:"latency_ms,omitempty"`       // publish -> deliver
-	RSSMiB           float64      `json:"server_rss_mib,omitempty"`   // at the end
+	Published        int64   `json:"published,omitempty"`
+	Deliveries       int64   `json:"deliveries,omitempty"`
+	Lost             int64   `json:"lost,omitempty"` // deliveries missing when the wait ended
+	Seconds          float64 `json:"seconds,omitempty"`
+	DeliveriesPerSec float64 `json:"deliveries_per_s,omitempty"`
+	CPUPerDeliveryUs float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	CPUCores         float64 `json:"server_cpu_cores,omitempty"` // CPU time / wall time
+	LoadCPUCores     float64 `json:"load_cpu_cores,omitempty"`   // the load clients' process
+	// OtherCPUCores is what the rest of the machine used meanwhile: a run
+	// that shared the cores with other work is not comparable.
+	OtherCPUCores float64      `json:"other_cpu_cores,omitempty"`
+	Latency       *Percentiles `json:"latency_ms,omitempty"`     // publish -> deliver
+	RSSMiB        float64      `json:"server_rss_mib,omitempty"` // at the end
 
 	// idle
 	Conns             int     `json:"conns,omitempty"`
@@ -149,4 +151,35 @@ func (r *Result) checkTargets() {
 	case Repair:
 		add("repair of a backlog", ">= 100000 msg/s", q.RepairPerSec, q.RepairPerSec >= 100000)
 	}
+}
+
+// Quietest keeps, of the results of the same scenario and setup (runs
+// repeated with quicpush bench --repeat), the one during which the rest of
+// the machine used the least CPU: on a shared machine, the least disturbed.
+func Quietest(results []Result) []Result {
+	type key struct {
+		scenario                                        string
+		subscribers, window, size, pubs, batch, backlog int
+		rate                                            float64
+	}
+	other := func(r *Result) float64 {
+		if r.Raw == nil {
+			return r.Quicpush.OtherCPUCores
+		}
+		return max(r.Quicpush.OtherCPUCores, r.Raw.OtherCPUCores)
+	}
+	best := map[key]int{}
+	var out []Result
+	for _, r := range results {
+		k := key{r.Scenario, r.Subscribers, r.Window, r.Size, r.Publishers, r.Batch, r.Backlog, r.Rate}
+		i, ok := best[k]
+		switch {
+		case !ok:
+			best[k] = len(out)
+			out = append(out, r)
+		case other(&r) < other(&out[i]):
+			out[i] = r
+		}
+	}
+	return out
 }

@@ -47,7 +47,7 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
-	cpu0, err := cpuTime(os.Getpid())
+	s0, err := sampleSelf()
 	if err != nil {
 		return Figures{}, err
 	}
@@ -84,10 +84,11 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 	}
 	wg.Wait()
 	appendTime := time.Since(start)
-	cpu1, err := cpuTime(os.Getpid())
+	s1, err := sampleSelf()
 	if err != nil {
 		return Figures{}, err
 	}
+	c := coresBetween(s0, s1)
 	if err := errors.Join(context.Cause(ctx), stopProfile()); err != nil {
 		return Figures{}, fmt.Errorf("appending: %w", err)
 	}
@@ -117,11 +118,11 @@ func storeBench(ctx context.Context, cfg *Config, _ string) (Figures, error) {
 	rangeTime := time.Since(start)
 	f := Figures{
 		Appended: appended.Load(), AppendPerSec: perSec(appended.Load(), appendTime),
-		CPUCores: (cpu1 - cpu0).Seconds() / appendTime.Seconds(),
-		Read:     read, RangePerSec: perSec(read, rangeTime),
+		CPUCores: c.load, OtherCPUCores: c.other,
+		Read: read, RangePerSec: perSec(read, rangeTime),
 	}
 	if f.Appended > 0 {
-		f.CPUPerAppendUs = float64((cpu1 - cpu0).Microseconds()) / float64(f.Appended)
+		f.CPUPerAppendUs = float64((s1.load - s0.load).Microseconds()) / float64(f.Appended)
 	}
 	return f, nil
 }

@@ -6,7 +6,8 @@
 //	go run ./internal/bench/plot -dir docs/bench docs/bench/*.json
 //
 // It writes DIR/latency.png and DIR/fanout.png for the scenarios the files
-// hold at two subscriber counts or more.
+// hold at two subscriber counts or more, from the least disturbed run of
+// each setup (bench.Quietest), and prints the table of those runs.
 package main
 
 import (
@@ -70,6 +71,10 @@ func run(files []string, dir string) error {
 			return fmt.Errorf("%s: %w", file, err)
 		}
 		results = append(results, doc.Results...)
+	}
+	results = bench.Quietest(results)
+	if err := bench.WriteTable(os.Stdout, results); err != nil {
+		return err
 	}
 	p50 := func(f *bench.Figures) float64 { return f.Latency.P50 }
 	p99 := func(f *bench.Figures) float64 { return f.Latency.P99 }
@@ -150,7 +155,7 @@ func run(files []string, dir string) error {
 		if err := p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
 			return err
 		}
-		fmt.Println(path)
+		fmt.Fprintln(os.Stderr, "wrote", path)
 	}
 	return nil
 }
