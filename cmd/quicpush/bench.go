@@ -23,7 +23,7 @@ type benchCmd struct {
 	Subscribers  []int         `sep:"," env:"QUICPUSH_BENCH_SUBSCRIBERS" placeholder:"N,..." help:"Subscribers of the channel (idle: connections); several values run the scenario once each. Default: 1000 (repair: 1)."`
 	Rate         float64       `env:"QUICPUSH_BENCH_RATE" placeholder:"R" help:"Messages published per second. Default: latency 50; fanout as fast as delivery allows (see --window)."`
 	Window       int           `env:"QUICPUSH_BENCH_WINDOW" placeholder:"N" help:"fanout without --rate: messages in flight, one in flight until every subscriber has it (default: 16)."`
-	Duration     time.Duration `default:"10s" env:"QUICPUSH_BENCH_DURATION" placeholder:"D" help:"Measuring time of each run (default: ${default})."`
+	Duration     time.Duration `default:"10s" env:"QUICPUSH_BENCH_DURATION" placeholder:"D" help:"Measuring time of each server in each run (default: ${default})."`
 	Warmup       time.Duration `default:"1s" env:"QUICPUSH_BENCH_WARMUP" placeholder:"D" help:"Load before measuring, not counted (idle: the settling time); 0: none (default: ${default})."`
 	Messages     int           `env:"QUICPUSH_BENCH_MESSAGES" placeholder:"N" help:"End the measuring after N messages published (store: appended), if before --duration."`
 	Size         int           `default:"100" env:"QUICPUSH_BENCH_SIZE" placeholder:"BYTES" help:"Payload of a message (default: ${default})."`
@@ -49,8 +49,10 @@ process, on 127.0.0.1. --server, --ca and --token are not used.
   store    durable appends with group commit, then range reads (in-process)
   repair   a backlog of K messages pulled after a disconnect: msgs/s
 
-fanout, latency and idle run twice: against quicpush, then against a raw
-quic-go server doing the same fan-out with no store and no protocol. Prints
+fanout, latency and idle also run against a raw quic-go server doing the same
+fan-out with no store and no protocol (fanout and latency: both servers up,
+measured in turn in slices, so that other work on the machine weighs on both
+alike). Prints
 one JSON object per run on stdout, a progress line while it runs and a table
 at the end on stderr. Targets (printed, never asserted): fanout >= 0.8x raw
 at 1000 subscribers; latency p99 <= 50 ms at 1000 subscribers x 50 msg/s;

@@ -34,9 +34,10 @@ type Config struct {
 	// flight, a message being in flight until every subscriber has it.
 	Rate   float64
 	Window int // fanout without Rate: 16
-	// Duration is the measuring time (10 s); Warmup is how long the load
-	// runs before it (1 s; negative: none), so that connections and
-	// buffers are settled.
+	// Duration is the measuring time of each server (10 s); fanout and
+	// latency split it into slices taken in turn with the baseline's.
+	// Warmup is how long the load runs before it (1 s; negative: none), so
+	// that connections and buffers are settled.
 	Duration time.Duration
 	Warmup   time.Duration
 	// Messages, if positive, ends the measuring once that many messages

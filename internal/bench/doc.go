@@ -15,8 +15,12 @@
 // quicpush's own code costs.
 //
 // The load clients run in the calling process: the quicpush Go SDK for
-// quicpush, a minimal reader for the raw baseline. The store scenario runs
-// the Badger store in the calling process, as it has no network part.
+// quicpush, a minimal reader for the raw baseline. fanout and latency set
+// up both servers and their clients first, then measure them in turn, in
+// slices (quicpush, raw, raw, quicpush), so that other work on a shared
+// machine weighs on both alike; every result also says how much CPU the
+// rest of the machine used meanwhile. The store scenario runs the Badger
+// store in the calling process, as it has no network part.
 //
 // Every loop is bounded in count and time, and every address is 127.0.0.1.
 //

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Run runs cfg's scenario once, with the raw baseline after quicpush when
+// Run runs cfg's scenario once, with the raw baseline too when
 // cfg.Baseline is set, and returns the result.
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	cfg, err := cfg.withDefaults()
@@ -19,8 +19,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	res := Result{Scenario: cfg.Scenario, Size: cfg.Size}
-	var measure func(context.Context, *Config, string) (Figures, error)
-	baseline := cfg.Baseline
 	switch cfg.Scenario {
 	case Fanout, Latency:
 		res.Subscribers, res.Rate = cfg.Subscribers, cfg.Rate
@@ -29,30 +27,54 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		} else {
 			res.Publishers = cfg.Publishers
 		}
-		measure = delivery
+		kinds := []string{KindQuicpush}
+		if cfg.Baseline {
+			kinds = append(kinds, KindRaw)
+		}
+		figs, err := delivery(ctx, &cfg, kinds...)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", cfg.Scenario, err)
+		}
+		res.Quicpush = figs[0]
+		if cfg.Baseline {
+			res.Raw = &figs[1]
+		}
 	case Idle:
 		res.Subscribers = cfg.Subscribers
-		measure = idle
+		if err := runEach(ctx, &cfg, &res, idle, cfg.Baseline); err != nil {
+			return res, err
+		}
 	case Store:
 		res.Publishers, res.Batch = cfg.Publishers, cfg.Batch
-		measure, baseline = storeBench, false
+		if err := runEach(ctx, &cfg, &res, storeBench, false); err != nil {
+			return res, err
+		}
 	case Repair:
 		res.Subscribers, res.Backlog, res.Publishers = cfg.Subscribers, cfg.Backlog, cfg.Publishers
-		measure, baseline = repair, false
-	}
-	if res.Quicpush, err = measure(ctx, &cfg, KindQuicpush); err != nil {
-		return res, fmt.Errorf("%s (quicpush): %w", cfg.Scenario, err)
-	}
-	if baseline {
-		raw, err := measure(ctx, &cfg, KindRaw)
-		if err != nil {
-			return res, fmt.Errorf("%s (raw quic-go): %w", cfg.Scenario, err)
+		if err := runEach(ctx, &cfg, &res, repair, false); err != nil {
+			return res, err
 		}
-		res.Raw = &raw
 	}
 	res.compare()
 	res.checkTargets()
 	return res, nil
+}
+
+// runEach measures quicpush, then the raw baseline if asked, one after
+// the other.
+func runEach(ctx context.Context, cfg *Config, res *Result, measure func(context.Context, *Config, string) (Figures, error), baseline bool) error {
+	var err error
+	if res.Quicpush, err = measure(ctx, cfg, KindQuicpush); err != nil {
+		return fmt.Errorf("%s (quicpush): %w", cfg.Scenario, err)
+	}
+	if baseline {
+		raw, err := measure(ctx, cfg, KindRaw)
+		if err != nil {
+			return fmt.Errorf("%s (raw quic-go): %w", cfg.Scenario, err)
+		}
+		res.Raw = &raw
+	}
+	return nil
 }
 
 // status tells cfg.Progress what a run is doing, every 250 ms.
