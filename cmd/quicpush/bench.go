@@ -117,6 +117,10 @@ func (c *benchCmd) Run(ctx context.Context, e *env) error {
 	prog := newProgress(e.stderr)
 	var results []bench.Result
 	var lost int64
+	// A failed run ends the rounds; what was measured before it is still
+	// shown and written.
+	var runErr error
+rounds:
 	for round := 0; round < c.Repeat; round++ {
 		for _, scenario := range scenarios {
 			for _, n := range subscribers {
@@ -134,7 +138,8 @@ func (c *benchCmd) Run(ctx context.Context, e *env) error {
 				})
 				prog.clear()
 				if err != nil {
-					return err
+					runErr = err
+					break rounds
 				}
 				if err := writeLine(e.stdout, res); err != nil {
 					return fmt.Errorf("cannot write to stdout: %w", err)
@@ -147,14 +152,19 @@ func (c *benchCmd) Run(ctx context.Context, e *env) error {
 			}
 		}
 	}
-	fmt.Fprintln(e.stderr)
-	if err := bench.WriteTable(e.stderr, results); err != nil {
-		return err
-	}
-	if c.Out != "" {
-		if err := writeResults(c.Out, results); err != nil {
-			return fmt.Errorf("--out: %w", err)
+	if len(results) > 0 {
+		fmt.Fprintln(e.stderr)
+		if err := bench.WriteTable(e.stderr, results); err != nil {
+			return err
 		}
+		if c.Out != "" {
+			if err := writeResults(c.Out, results); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
+		}
+	}
+	if runErr != nil {
+		return runErr
 	}
 	if lost > 0 {
 		return fmt.Errorf("%d deliveries never arrived (see \"lost\" above)", lost)

@@ -153,3 +153,24 @@ func TestQuietest(t *testing.T) {
 	got := Quietest([]Result{run(10, 0.5), run(20, 0.1), run(10, 0.2), run(10, 0.3), run(20, 0.4)})
 	require.Equal(t, []Result{run(10, 0.2), run(20, 0.1)}, got)
 }
+
+// A message still in flight keeps its slot: a late publisher's wait ends
+// when its message arrives, however many messages came after it.
+func TestTrackerSlots(t *testing.T) {
+	tr := newTracker(2)
+	done, err := tr.expect(1)
+	require.NoError(t, err)
+	_, err = tr.expect(1 + flightSlots)
+	require.ErrorContains(t, err, "message 1 still in flight")
+
+	tr = newTracker(2)
+	done, err = tr.expect(1)
+	require.NoError(t, err)
+	payload := make([]byte, 16)
+	stamp(payload, 1, time.Now())
+	tr.deliver(0, payload)
+	tr.deliver(1, payload)
+	<-done
+	_, err = tr.expect(1 + flightSlots)
+	require.NoError(t, err)
+}

@@ -124,6 +124,8 @@ func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.Subscribers < 1 || c.Window < 1 || c.Publishers < 1 || c.Batch < 1 || c.Backlog < 1:
 		return c, errors.New("subscribers, window, publishers, batch and backlog must be positive")
+	case c.Window > 4096:
+		return c, errors.New("window must be at most 4096")
 	case c.Rate < 0 || c.Messages < 0 || c.Duration < 0:
 		return c, errors.New("rate, messages and duration must not be negative")
 	case c.Size < 16 || c.Size > 60<<10:

@@ -80,7 +80,7 @@ func openSide(ctx context.Context, cfg *Config, kind string, st *status) (*side,
 	if err != nil {
 		return nil, err
 	}
-	s := &side{kind: kind, srv: srv, tr: newTracker(cfg.Subscribers, cfg.Window), closers: []func(){stop}}
+	s := &side{kind: kind, srv: srv, tr: newTracker(cfg.Subscribers), closers: []func(){stop}}
 	s.remaining = math.MaxInt64
 	if cfg.Messages > 0 {
 		s.remaining = int64(cfg.Messages)

@@ -157,8 +157,15 @@ type tracker struct {
 	measured   atomic.Int64  // deliveries of measured messages
 	from       atomic.Uint64 // the first measured message number
 	subs       []*subTrack
-	inFlight   []atomic.Pointer[flight] // by message number mod len
+	inFlight   []atomic.Pointer[flight] // by message number mod flightSlots
 }
+
+// flightSlots bounds the message numbers in flight at once. Publishes run
+// concurrently, so messages do not finish in order: a publisher delayed by
+// the scheduler may still wait for a message while many later ones are
+// done. A slot is never taken over while its message is in flight (expect
+// fails instead), and this many is far more than any run gets to.
+const flightSlots = 1 << 16
 
 type subTrack struct {
 	mu  sync.Mutex
@@ -172,8 +179,8 @@ type flight struct {
 	done chan struct{}
 }
 
-func newTracker(n, window int) *tracker {
-	t := &tracker{n: n, subs: make([]*subTrack, n), inFlight: make([]atomic.Pointer[flight], 4*window)}
+func newTracker(n int) *tracker {
+	t := &tracker{n: n, subs: make([]*subTrack, n), inFlight: make([]atomic.Pointer[flight], flightSlots)}
 	for i := range t.subs {
 		t.subs[i] = &subTrack{}
 	}
@@ -202,18 +209,21 @@ func (t *tracker) deliver(i int, payload []byte) {
 		s.lat = append(s.lat, now.Sub(sent))
 		s.mu.Unlock()
 	}
-	if f := t.inFlight[idx%uint64(len(t.inFlight))].Load(); f != nil && f.idx == idx && f.left.Add(-1) == 0 {
+	if f := t.inFlight[idx%flightSlots].Load(); f != nil && f.idx == idx && f.left.Add(-1) == 0 {
 		close(f.done)
 	}
 }
 
 // expect registers message idx as in flight until every subscriber has it;
 // the channel returned is closed then.
-func (t *tracker) expect(idx uint64) <-chan struct{} {
+func (t *tracker) expect(idx uint64) (<-chan struct{}, error) {
 	f := &flight{idx: idx, done: make(chan struct{})}
 	f.left.Store(int64(t.n))
-	t.inFlight[idx%uint64(len(t.inFlight))].Store(f)
-	return f.done
+	old := t.inFlight[idx%flightSlots].Swap(f)
+	if old != nil && old.left.Load() > 0 {
+		return nil, fmt.Errorf("message %d still in flight when message %d was published", old.idx, idx)
+	}
+	return f.done, nil
 }
 
 // latencies returns the latencies of the measured messages, sorted.
@@ -277,8 +287,11 @@ func (p *loadPublisher) windowed(ctx context.Context, until time.Time, last uint
 				if idx > last {
 					return
 				}
-				delivered := p.tr.expect(idx)
-				if err := p.send(ctx, idx, time.Now()); err != nil {
+				delivered, err := p.tr.expect(idx)
+				if err == nil {
+					err = p.send(ctx, idx, time.Now())
+				}
+				if err != nil {
 					cancel(err)
 					return
 				}
