@@ -55,8 +55,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			return res, err
 		}
 	}
-	res.compare()
-	res.checkTargets()
+	res.Assess()
 	return res, nil
 }
 

@@ -7,7 +7,8 @@
 //
 // It writes DIR/latency.png and DIR/fanout.png for the scenarios the files
 // hold at two subscriber counts or more, from the least disturbed run of
-// each setup (bench.Quietest), and prints the table of those runs.
+// each setup (bench.Quietest), and prints the table of those runs, judged
+// by the current targets.
 package main
 
 import (
@@ -73,6 +74,9 @@ func run(files []string, dir string) error {
 		results = append(results, doc.Results...)
 	}
 	results = bench.Quietest(results)
+	for i := range results {
+		results[i].Assess()
+	}
 	if err := bench.WriteTable(os.Stdout, results); err != nil {
 		return err
 	}
@@ -118,7 +122,7 @@ func run(files []string, dir string) error {
 		if c.logY {
 			p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 		} else {
-			p.Y.Min = 0
+			p.Y.Min, p.Y.Tick.Marker = 0, thousands{}
 		}
 		for _, s := range c.series {
 			pts := make(plotter.XYs, len(rs))
@@ -158,6 +162,17 @@ func run(files []string, dir string) error {
 		fmt.Fprintln(os.Stderr, "wrote", path)
 	}
 	return nil
+}
+
+// thousands labels every tick of an axis, in thousands ("150k").
+type thousands struct{}
+
+func (thousands) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i, t := range ticks {
+		ticks[i].Label = fmt.Sprintf("%gk", t.Value/1000)
+	}
+	return ticks
 }
 
 // setup describes the load of a series of results.
