@@ -58,7 +58,8 @@ type Config struct {
 	Baseline bool
 	// ProfileDir, if set, receives a CPU profile of each server over each
 	// measuring time, SCENARIO-KIND-N.pprof, and of the load clients,
-	// SCENARIO-KIND-N-load.pprof.
+	// SCENARIO-KIND-N-load.pprof (store: store-load.pprof); and for idle,
+	// each server's heap profile and goroutines.
 	ProfileDir string
 
 	// ServerCommand returns the command that runs a server child of kind

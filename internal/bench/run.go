@@ -132,14 +132,18 @@ func (s *status) end() {
 }
 
 // profiler records CPU profiles over the measuring time when
-// cfg.ProfileDir is set: this process's (the load clients', or the store
-// scenario's store) as SCENARIO-KIND-N-load.pprof, and the server child's,
-// if any, as SCENARIO-KIND-N.pprof.
+// cfg.ProfileDir is set: this process's (the load clients') as
+// SCENARIO-KIND-N-load.pprof, or store-load.pprof for the store scenario,
+// and the server child's, if any, as SCENARIO-KIND-N.pprof.
 func profiler(cfg *Config, kind string, srv *serverProc) (stop func() error, err error) {
 	if cfg.ProfileDir == "" {
 		return func() error { return nil }, nil
 	}
-	base := filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-%d", cfg.Scenario, kind, cfg.Subscribers))
+	name := fmt.Sprintf("%s-%s-%d", cfg.Scenario, kind, cfg.Subscribers)
+	if cfg.Scenario == Store {
+		name = "store"
+	}
+	base := filepath.Join(cfg.ProfileDir, name)
 	if base, err = filepath.Abs(base); err != nil {
 		return nil, err
 	}
