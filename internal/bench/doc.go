@@ -24,7 +24,6 @@
 //
 // Every loop is bounded in count and time, and every address is 127.0.0.1.
 //
-// Concurrency: Run is safe to call from one goroutine at a time (it reads
-// /proc figures of the children it starts); the functions are otherwise
-// independent.
+// Concurrency: call Run one at a time: it counts this process's CPU time
+// as its load clients' and may profile the whole process.
 package bench
