@@ -1,14 +1,14 @@
 // Package bench runs quicpush's end-to-end benchmarks (the logic of
 // "quicpush bench"): fan-out throughput, publish -> deliver latency, memory
 // per idle connection, durable appends and range reads, and repair of a
-// backlog, each network scenario also against a raw quic-go baseline that
-// does the same fan-out with no store and no protocol.
+// backlog; fan-out, latency and idle also against a raw quic-go baseline
+// that does the same fan-out with no store and no protocol.
 //
 // The server runs in a child process (Config.ServerCommand starts it; the
 // child calls Serve), so its CPU time (/proc/PID/stat) and RSS
 // (/proc/PID/status) are its own and not the load clients'. The child also
-// answers, over its stdin and stdout, for its live heap after a GC and its
-// goroutines, and writes CPU profiles on demand. The quicpush child builds
+// answers, over its stdin and stdout, for its live heap and stacks after a
+// GC and its goroutines, and writes profiles on demand. The quicpush child builds
 // its server from the same packages and defaults as quicpushd; the raw
 // child (raw.go) writes the same number of bytes per delivery with the
 // same non-blocking writer (stream.Sender), so the ratio of the two is what
