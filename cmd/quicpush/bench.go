@@ -20,7 +20,7 @@ import (
 type benchCmd struct {
 	Scenario     string        `arg:"" optional:"" help:"fanout, latency, idle, store, repair, or all (each with its defaults)."`
 	ScenarioFlag string        `name:"scenario" env:"QUICPUSH_BENCH_SCENARIO" placeholder:"SCENARIO" help:"The scenario, for those who prefer a flag."`
-	Subscribers  []int         `sep:"," env:"QUICPUSH_BENCH_SUBSCRIBERS" placeholder:"N,..." help:"Subscribers of the channel (idle: connections); several values run the scenario once each. Default: 1000 (repair: 1)."`
+	Subscribers  []int         `sep:"," env:"QUICPUSH_BENCH_SUBSCRIBERS" placeholder:"N" help:"Subscribers of the channel (idle: connections); several values run the scenario once each. Default: 1000 (repair: 1)."`
 	Rate         float64       `env:"QUICPUSH_BENCH_RATE" placeholder:"R" help:"Messages published per second. Default: latency 50; fanout as fast as delivery allows (see --window)."`
 	Window       int           `env:"QUICPUSH_BENCH_WINDOW" placeholder:"N" help:"fanout without --rate: messages in flight, one in flight until every subscriber has it (default: 16)."`
 	Duration     time.Duration `default:"10s" env:"QUICPUSH_BENCH_DURATION" placeholder:"D" help:"Measuring time of each server in each run (default: ${default})."`
