@@ -59,6 +59,9 @@ type cli struct {
 	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
 	Netem   netemCmd   `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
 	Token   tokenCmd   `cmd:"" help:"Mint a signed token (JWT) for a server that checks them."`
+	Bench   benchCmd   `cmd:"" help:"Benchmark a quicpush server it starts, beside a raw quic-go baseline (fanout, latency, idle, store, repair)."`
+
+	BenchServer benchServerCmd `cmd:"" name:"bench-server" hidden:"" help:"The server child of bench."`
 }
 
 func (c *cli) Validate() error {
@@ -71,6 +74,7 @@ func (c *cli) Validate() error {
 // env is what a command runs with, besides its context.
 type env struct {
 	stdout io.Writer
+	stderr io.Writer // for what people read: progress, tables
 	log    *slog.Logger
 	g      globals
 }
@@ -100,7 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	kctx.BindTo(ctx, (*context.Context)(nil))
-	if err := kctx.Run(&env{stdout: stdout, log: newLogger(stderr, c.LogLevel), g: c.globals}); err != nil {
+	if err := kctx.Run(&env{stdout: stdout, stderr: stderr, log: newLogger(stderr, c.LogLevel), g: c.globals}); err != nil {
 		fmt.Fprintf(stderr, "quicpush: error: %v\n", err)
 		return exitFailure
 	}
