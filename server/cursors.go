@@ -73,7 +73,9 @@ func (w *cursorWriter) flush(ctx context.Context) {
 	w.mu.Unlock()
 	for k, pos := range dirty {
 		if err := w.store.SetCursor(ctx, k.user, k.channel, pos); err != nil {
-			w.log.Warn("cannot save cursor, will retry", "user", k.user, "channel", k.channel, "err", err)
+			if ctx.Err() == nil { // else: closing, and Close flushes once more
+				w.log.Warn("cannot save cursor, will retry", "user", k.user, "channel", k.channel, "err", err)
+			}
 			w.mu.Lock()
 			if _, newer := w.dirty[k]; !newer {
 				w.dirty[k] = pos
