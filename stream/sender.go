@@ -63,7 +63,7 @@ type Sender struct {
 }
 
 // NewSender returns a Sender writing to st. onError (may be nil) is called
-// once, from the flushing goroutine, when a queued write fails.
+// once, on a goroutine of its own or the flushing one, when a write fails.
 func NewSender(st SendStream, budget *Budget, onError func(error)) *Sender {
 	s := &Sender{st: st, budget: budget, onError: onError}
 	s.try, _ = st.(tryWriter)
