@@ -139,7 +139,9 @@ func TestRestartKeepsSeqs(t *testing.T) {
 	d := startDaemon(t, bin, args...)
 	waitReady(t, admin, d.exited, d.stderr)
 	require.Contains(t, d.stderr.String(), "clients need --ca "+filepath.Join(dir, "certs", "ca.pem"))
-	require.Contains(t, d.stderr.String(), "addr="+listen)
+	// /readyz may answer a moment before the "listening" line is written.
+	require.Eventually(t, func() bool { return strings.Contains(d.stderr.String(), "addr="+listen) }, 5*time.Second, 10*time.Millisecond,
+		"no listening line: %s", d.stderr.String())
 
 	pool, err := certs.CAPool(filepath.Join(dir, "certs", "ca.pem"))
 	require.NoError(t, err)
@@ -431,7 +433,9 @@ func TestConfigFileAndEnvironment(t *testing.T) {
 	defer cancel()
 	p := runDaemon(ctx)
 	waitReady(t, admin, p.exited, p.stderr)
-	require.Contains(t, p.stderr.String(), fmt.Sprintf(`"msg":"quicpushd listening","addr":%q`, listen))
+	want := fmt.Sprintf(`"msg":"quicpushd listening","addr":%q`, listen)
+	require.Eventually(t, func() bool { return strings.Contains(p.stderr.String(), want) }, 5*time.Second, 10*time.Millisecond,
+		"no listening line: %s", p.stderr.String())
 	require.NotContains(t, p.stderr.String(), "dev certificate")
 	require.Contains(t, p.stderr.String(), `"level":"WARN","msg":"DEV MODE: no --jwt-secret-file/--jwt-public-key: any client is accepted`)
 	require.Contains(t, p.stderr.String(), `"msg":"HTTP API disabled: no --api-key-file"`)
