@@ -188,8 +188,8 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 	} else {
 		log.Info("HTTP API disabled: no --api-key-file")
 	}
-	ready.Store(true)
 	log.Info("quicpushd listening", "addr", addr.String(), "admin", adminLn.Addr().String(), "data", f.Data)
+	ready.Store(true) // after the line: whoever waits for /readyz finds it written
 
 	for ctx.Err() == nil {
 		select {
