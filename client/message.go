@@ -22,7 +22,9 @@ type Message struct {
 	From         string    // the publishing user
 	ID           string    // the publisher's client message id
 	Repaired     bool      // it came over a repair stream, not the live push
-	Critical     bool      // published as critical (redundant delivery)
+	// Critical: published as critical (redundant delivery). Not stored:
+	// a message that came by repair says false.
+	Critical bool
 }
 
 // Gap reports seqs of a channel that will never be handed over.
