@@ -223,7 +223,7 @@ func (db *DB) commit(ops []*appendOp, trims []*trim) []*trim {
 		db:      db,
 		no:      db.writer.batch,
 		txn:     db.bdb.NewTransaction(true),
-		now:     time.Now().Round(0),
+		now:     db.opts.Now().Round(0),
 		created: make(map[string]*head),
 		seen:    make(map[string]AppendResult, n),
 		msgs:    make([]Message, 0, n),

@@ -26,7 +26,7 @@ func (db *DB) RunRetention(ctx context.Context) error {
 	}
 	var cutoff time.Time
 	if db.opts.MaxAge > 0 {
-		cutoff = time.Now().Add(-db.opts.MaxAge)
+		cutoff = db.opts.Now().Add(-db.opts.MaxAge)
 	}
 	start := []byte{prefixMeta}
 	for {

@@ -51,6 +51,9 @@ type Options struct {
 	// InMemory keeps everything in memory and ignores dir: nothing is
 	// durable. For benchmarks only.
 	InMemory bool
+	// Now is the clock for message times and retention by age (nil:
+	// time.Now); tests set it to age messages without waiting.
+	Now func() time.Time
 }
 
 // fillOptions returns o with its defaults filled in, or an error wrapping
@@ -75,6 +78,9 @@ func fillOptions(o Options) (Options, error) {
 	def(&o.MaxBatchEntries, 4096)
 	if o.MaxBatchBytes == 0 {
 		o.MaxBatchBytes = 8 << 20
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
