@@ -51,6 +51,15 @@ const (
 	NotSubscribed   ErrCode = 0x205
 	RateLimited     ErrCode = 0x206
 	Unsupported     ErrCode = 0x207
+	// ConfirmLimit: the connection already tracks as many confirmations as
+	// the server allows; retry after retry_after_ms (nothing was stored).
+	ConfirmLimit ErrCode = 0x220
+	// ConfirmTooManyRecipients: the channel has more subscribers than one
+	// confirmation may track (nothing was stored).
+	ConfirmTooManyRecipients ErrCode = 0x221
+	// PresenceLimit: the connection already watches as many channels'
+	// presence as the server allows.
+	PresenceLimit ErrCode = 0x222
 )
 
 // String returns the code's name as in the protocol docs, e.g. "SLOW_CONSUMER".

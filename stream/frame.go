@@ -43,9 +43,14 @@ const (
 	// pushes as datagrams (with FeatureDatagrams) and on unidirectional
 	// streams the server opens, one Push each.
 	FeatureCriticalCopies uint64 = 1 << 2
+	// FeatureConfirmPresence: the server takes Publish.confirm and the
+	// presence frames (docs/PROTOCOL.md §16). A client must not send them
+	// to a server without it: an older server would ignore confirm and
+	// close the connection on a presence frame.
+	FeatureConfirmPresence uint64 = 1 << 4
 
 	// Features is every feature this implementation has.
-	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies
+	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies | FeatureConfirmPresence
 )
 
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.

@@ -38,6 +38,14 @@ func sampleFrames() []*pb.Frame {
 		{Body: &pb.Frame_RepairRequest{RepairRequest: &pb.RepairRequest{Channel: "room/a", Epoch: 9, From: 3, To: 8, Limit: 100}}},
 		{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{Next: 9, FirstRetained: 1, Head: 12}}},
 		{Body: &pb.Frame_Error{Error: &pb.Error{Code: pb.ErrorCode_WRONG_EPOCH, Message: "m", RequestId: 3, Channel: "room/a"}}},
+		{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: 4, Channel: "room/a", Data: []byte("quiz"), Id: "p-4", Confirm: &pb.Confirm{DeadlineMs: 5000}}}},
+		{Body: &pb.Frame_ConfirmProgress{ConfirmProgress: &pb.ConfirmProgress{RequestId: 4, Channel: "room/a", Epoch: 9, Seq: 13, Confirmed: 28, Total: 30}}},
+		{Body: &pb.Frame_ConfirmReport{ConfirmReport: &pb.ConfirmReport{RequestId: 4, Channel: "room/a", Epoch: 9, Seq: 13, Confirmed: 28, Total: 30, Missing: []string{"ann", "bob"}, MissingMore: 1, Final: true}}},
+		{Body: &pb.Frame_PresenceWatch{PresenceWatch: &pb.PresenceWatch{RequestId: 5, Channel: "room/a"}}},
+		{Body: &pb.Frame_PresenceUnwatch{PresenceUnwatch: &pb.PresenceUnwatch{Channel: "room/a"}}},
+		{Body: &pb.Frame_PresenceUpdate{PresenceUpdate: &pb.PresenceUpdate{Channel: "room/a", Online: 29, Joined: []string{"cy"}, Left: []string{"di"}, JoinedCount: 1, LeftCount: 1}}},
+		{Body: &pb.Frame_PresenceList{PresenceList: &pb.PresenceList{RequestId: 6, Channel: "room/a", After: "bob", Limit: 100}}},
+		{Body: &pb.Frame_PresenceMembers{PresenceMembers: &pb.PresenceMembers{RequestId: 6, Channel: "room/a", Users: []string{"cy", "di"}, Online: 29, Next: "di"}}},
 	}
 }
 

@@ -133,30 +133,33 @@ func (Class) EnumDescriptor() ([]byte, []int) {
 type ErrorCode int32
 
 const (
-	ErrorCode_NO_ERROR            ErrorCode = 0
-	ErrorCode_INTERNAL            ErrorCode = 1
-	ErrorCode_SHUTTING_DOWN       ErrorCode = 2
-	ErrorCode_SLOW_CONSUMER       ErrorCode = 3
-	ErrorCode_HEARTBEAT_TIMEOUT   ErrorCode = 4
-	ErrorCode_HELLO_TIMEOUT       ErrorCode = 5
-	ErrorCode_STORE_UNAVAILABLE   ErrorCode = 6
-	ErrorCode_REPLACED            ErrorCode = 7
-	ErrorCode_PATH_LIMIT          ErrorCode = 8
-	ErrorCode_PROTOCOL_VIOLATION  ErrorCode = 256
-	ErrorCode_FRAME_TOO_LARGE     ErrorCode = 257
-	ErrorCode_FRAME_UNKNOWN       ErrorCode = 258
-	ErrorCode_FRAME_UNEXPECTED    ErrorCode = 259
-	ErrorCode_FRAME_MALFORMED     ErrorCode = 260
-	ErrorCode_VERSION_UNSUPPORTED ErrorCode = 261
-	ErrorCode_UNAUTHORIZED        ErrorCode = 262
-	ErrorCode_BAD_REQUEST         ErrorCode = 512
-	ErrorCode_FORBIDDEN           ErrorCode = 513
-	ErrorCode_WRONG_EPOCH         ErrorCode = 514
-	ErrorCode_INVALID_RANGE       ErrorCode = 515
-	ErrorCode_MESSAGE_TOO_LARGE   ErrorCode = 516
-	ErrorCode_NOT_SUBSCRIBED      ErrorCode = 517
-	ErrorCode_RATE_LIMITED        ErrorCode = 518
-	ErrorCode_UNSUPPORTED         ErrorCode = 519
+	ErrorCode_NO_ERROR                    ErrorCode = 0
+	ErrorCode_INTERNAL                    ErrorCode = 1
+	ErrorCode_SHUTTING_DOWN               ErrorCode = 2
+	ErrorCode_SLOW_CONSUMER               ErrorCode = 3
+	ErrorCode_HEARTBEAT_TIMEOUT           ErrorCode = 4
+	ErrorCode_HELLO_TIMEOUT               ErrorCode = 5
+	ErrorCode_STORE_UNAVAILABLE           ErrorCode = 6
+	ErrorCode_REPLACED                    ErrorCode = 7
+	ErrorCode_PATH_LIMIT                  ErrorCode = 8
+	ErrorCode_PROTOCOL_VIOLATION          ErrorCode = 256
+	ErrorCode_FRAME_TOO_LARGE             ErrorCode = 257
+	ErrorCode_FRAME_UNKNOWN               ErrorCode = 258
+	ErrorCode_FRAME_UNEXPECTED            ErrorCode = 259
+	ErrorCode_FRAME_MALFORMED             ErrorCode = 260
+	ErrorCode_VERSION_UNSUPPORTED         ErrorCode = 261
+	ErrorCode_UNAUTHORIZED                ErrorCode = 262
+	ErrorCode_BAD_REQUEST                 ErrorCode = 512
+	ErrorCode_FORBIDDEN                   ErrorCode = 513
+	ErrorCode_WRONG_EPOCH                 ErrorCode = 514
+	ErrorCode_INVALID_RANGE               ErrorCode = 515
+	ErrorCode_MESSAGE_TOO_LARGE           ErrorCode = 516
+	ErrorCode_NOT_SUBSCRIBED              ErrorCode = 517
+	ErrorCode_RATE_LIMITED                ErrorCode = 518
+	ErrorCode_UNSUPPORTED                 ErrorCode = 519
+	ErrorCode_CONFIRM_LIMIT               ErrorCode = 544
+	ErrorCode_CONFIRM_TOO_MANY_RECIPIENTS ErrorCode = 545
+	ErrorCode_PRESENCE_LIMIT              ErrorCode = 546
 )
 
 // Enum value maps for ErrorCode.
@@ -186,32 +189,38 @@ var (
 		517: "NOT_SUBSCRIBED",
 		518: "RATE_LIMITED",
 		519: "UNSUPPORTED",
+		544: "CONFIRM_LIMIT",
+		545: "CONFIRM_TOO_MANY_RECIPIENTS",
+		546: "PRESENCE_LIMIT",
 	}
 	ErrorCode_value = map[string]int32{
-		"NO_ERROR":            0,
-		"INTERNAL":            1,
-		"SHUTTING_DOWN":       2,
-		"SLOW_CONSUMER":       3,
-		"HEARTBEAT_TIMEOUT":   4,
-		"HELLO_TIMEOUT":       5,
-		"STORE_UNAVAILABLE":   6,
-		"REPLACED":            7,
-		"PATH_LIMIT":          8,
-		"PROTOCOL_VIOLATION":  256,
-		"FRAME_TOO_LARGE":     257,
-		"FRAME_UNKNOWN":       258,
-		"FRAME_UNEXPECTED":    259,
-		"FRAME_MALFORMED":     260,
-		"VERSION_UNSUPPORTED": 261,
-		"UNAUTHORIZED":        262,
-		"BAD_REQUEST":         512,
-		"FORBIDDEN":           513,
-		"WRONG_EPOCH":         514,
-		"INVALID_RANGE":       515,
-		"MESSAGE_TOO_LARGE":   516,
-		"NOT_SUBSCRIBED":      517,
-		"RATE_LIMITED":        518,
-		"UNSUPPORTED":         519,
+		"NO_ERROR":                    0,
+		"INTERNAL":                    1,
+		"SHUTTING_DOWN":               2,
+		"SLOW_CONSUMER":               3,
+		"HEARTBEAT_TIMEOUT":           4,
+		"HELLO_TIMEOUT":               5,
+		"STORE_UNAVAILABLE":           6,
+		"REPLACED":                    7,
+		"PATH_LIMIT":                  8,
+		"PROTOCOL_VIOLATION":          256,
+		"FRAME_TOO_LARGE":             257,
+		"FRAME_UNKNOWN":               258,
+		"FRAME_UNEXPECTED":            259,
+		"FRAME_MALFORMED":             260,
+		"VERSION_UNSUPPORTED":         261,
+		"UNAUTHORIZED":                262,
+		"BAD_REQUEST":                 512,
+		"FORBIDDEN":                   513,
+		"WRONG_EPOCH":                 514,
+		"INVALID_RANGE":               515,
+		"MESSAGE_TOO_LARGE":           516,
+		"NOT_SUBSCRIBED":              517,
+		"RATE_LIMITED":                518,
+		"UNSUPPORTED":                 519,
+		"CONFIRM_LIMIT":               544,
+		"CONFIRM_TOO_MANY_RECIPIENTS": 545,
+		"PRESENCE_LIMIT":              546,
 	}
 )
 
@@ -288,7 +297,7 @@ func (x HeadNotice_Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HeadNotice_Reason.Descriptor instead.
 func (HeadNotice_Reason) EnumDescriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{16, 0}
+	return file_quicpush_proto_rawDescGZIP(), []int{24, 0}
 }
 
 // Frame is the one message type on every stream. Exactly one body field is
@@ -318,6 +327,13 @@ type Frame struct {
 	//	*Frame_SessionOpened
 	//	*Frame_RepairRequest
 	//	*Frame_RepairEnd
+	//	*Frame_ConfirmProgress
+	//	*Frame_ConfirmReport
+	//	*Frame_PresenceWatch
+	//	*Frame_PresenceUnwatch
+	//	*Frame_PresenceUpdate
+	//	*Frame_PresenceList
+	//	*Frame_PresenceMembers
 	//	*Frame_Error
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
@@ -541,6 +557,69 @@ func (x *Frame) GetRepairEnd() *RepairEnd {
 	return nil
 }
 
+func (x *Frame) GetConfirmProgress() *ConfirmProgress {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ConfirmProgress); ok {
+			return x.ConfirmProgress
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetConfirmReport() *ConfirmReport {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ConfirmReport); ok {
+			return x.ConfirmReport
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceWatch() *PresenceWatch {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceWatch); ok {
+			return x.PresenceWatch
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceUnwatch() *PresenceUnwatch {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceUnwatch); ok {
+			return x.PresenceUnwatch
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceUpdate() *PresenceUpdate {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceUpdate); ok {
+			return x.PresenceUpdate
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceList() *PresenceList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceList); ok {
+			return x.PresenceList
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceMembers() *PresenceMembers {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceMembers); ok {
+			return x.PresenceMembers
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetError() *Error {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Error); ok {
@@ -637,6 +716,35 @@ type Frame_RepairEnd struct {
 	RepairEnd *RepairEnd `protobuf:"bytes,21,opt,name=repair_end,json=repairEnd,proto3,oneof"`
 }
 
+type Frame_ConfirmProgress struct {
+	// session streams: confirmation and presence (feature bit 4, §16)
+	ConfirmProgress *ConfirmProgress `protobuf:"bytes,50,opt,name=confirm_progress,json=confirmProgress,proto3,oneof"`
+}
+
+type Frame_ConfirmReport struct {
+	ConfirmReport *ConfirmReport `protobuf:"bytes,51,opt,name=confirm_report,json=confirmReport,proto3,oneof"`
+}
+
+type Frame_PresenceWatch struct {
+	PresenceWatch *PresenceWatch `protobuf:"bytes,52,opt,name=presence_watch,json=presenceWatch,proto3,oneof"`
+}
+
+type Frame_PresenceUnwatch struct {
+	PresenceUnwatch *PresenceUnwatch `protobuf:"bytes,53,opt,name=presence_unwatch,json=presenceUnwatch,proto3,oneof"`
+}
+
+type Frame_PresenceUpdate struct {
+	PresenceUpdate *PresenceUpdate `protobuf:"bytes,54,opt,name=presence_update,json=presenceUpdate,proto3,oneof"`
+}
+
+type Frame_PresenceList struct {
+	PresenceList *PresenceList `protobuf:"bytes,55,opt,name=presence_list,json=presenceList,proto3,oneof"`
+}
+
+type Frame_PresenceMembers struct {
+	PresenceMembers *PresenceMembers `protobuf:"bytes,56,opt,name=presence_members,json=presenceMembers,proto3,oneof"`
+}
+
 type Frame_Error struct {
 	// any stream
 	Error *Error `protobuf:"bytes,30,opt,name=error,proto3,oneof"`
@@ -681,6 +789,20 @@ func (*Frame_SessionOpened) isFrame_Body() {}
 func (*Frame_RepairRequest) isFrame_Body() {}
 
 func (*Frame_RepairEnd) isFrame_Body() {}
+
+func (*Frame_ConfirmProgress) isFrame_Body() {}
+
+func (*Frame_ConfirmReport) isFrame_Body() {}
+
+func (*Frame_PresenceWatch) isFrame_Body() {}
+
+func (*Frame_PresenceUnwatch) isFrame_Body() {}
+
+func (*Frame_PresenceUpdate) isFrame_Body() {}
+
+func (*Frame_PresenceList) isFrame_Body() {}
+
+func (*Frame_PresenceMembers) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
 
@@ -1639,7 +1761,10 @@ type Publish struct {
 	Id string `protobuf:"bytes,5,opt,name=id,proto3" json:"id,omitempty"`
 	// critical asks for redundant delivery (reliable messages only; on a
 	// droppable one it gets BAD_REQUEST).
-	Critical      bool `protobuf:"varint,6,opt,name=critical,proto3" json:"critical,omitempty"`
+	Critical bool `protobuf:"varint,6,opt,name=critical,proto3" json:"critical,omitempty"`
+	// confirm asks for per-recipient confirmation (reliable messages only;
+	// on a droppable one it gets BAD_REQUEST). Needs feature bit 4.
+	Confirm       *Confirm `protobuf:"bytes,7,opt,name=confirm,proto3" json:"confirm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1716,6 +1841,615 @@ func (x *Publish) GetCritical() bool {
 	return false
 }
 
+func (x *Publish) GetConfirm() *Confirm {
+	if x != nil {
+		return x.Confirm
+	}
+	return nil
+}
+
+// Confirm: tell the publisher which of the channel's subscribers have
+// handled the message (docs/PROTOCOL.md §16.1).
+type Confirm struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the server sends the ConfirmReport with the missing recipients,
+	// counted from the PublishAck. 1 ms to the server's maximum (10 min by
+	// default); anything else gets INVALID_RANGE.
+	DeadlineMs    uint32 `protobuf:"varint,1,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Confirm) Reset() {
+	*x = Confirm{}
+	mi := &file_quicpush_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Confirm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Confirm) ProtoMessage() {}
+
+func (x *Confirm) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Confirm.ProtoReflect.Descriptor instead.
+func (*Confirm) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Confirm) GetDeadlineMs() uint32 {
+	if x != nil {
+		return x.DeadlineMs
+	}
+	return 0
+}
+
+// ConfirmProgress (server to client, the publish's session stream): how
+// many of the recipients have confirmed. Sent after the PublishAck, merged:
+// at most once per confirm interval per session.
+type ConfirmProgress struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // the Publish's
+	Channel   string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq       uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	Confirmed uint32                 `protobuf:"varint,5,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
+	Total     uint32                 `protobuf:"varint,6,opt,name=total,proto3" json:"total,omitempty"`
+	// final: the server stops tracking this message (all confirmed, or its
+	// lifetime ended); no frame about it follows.
+	Final         bool `protobuf:"varint,7,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmProgress) Reset() {
+	*x = ConfirmProgress{}
+	mi := &file_quicpush_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmProgress) ProtoMessage() {}
+
+func (x *ConfirmProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmProgress.ProtoReflect.Descriptor instead.
+func (*ConfirmProgress) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConfirmProgress) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ConfirmProgress) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ConfirmProgress) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ConfirmProgress) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ConfirmProgress) GetConfirmed() uint32 {
+	if x != nil {
+		return x.Confirmed
+	}
+	return 0
+}
+
+func (x *ConfirmProgress) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ConfirmProgress) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+// ConfirmReport (server to client) is sent once at the publisher's
+// deadline if not every recipient has confirmed, and once more (final)
+// when the server stops tracking a message that is still incomplete.
+type ConfirmReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq           uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	Confirmed     uint32                 `protobuf:"varint,5,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
+	Total         uint32                 `protobuf:"varint,6,opt,name=total,proto3" json:"total,omitempty"`
+	Missing       []string               `protobuf:"bytes,7,rep,name=missing,proto3" json:"missing,omitempty"`                             // the first missing users, sorted, at most 100
+	MissingMore   uint32                 `protobuf:"varint,8,opt,name=missing_more,json=missingMore,proto3" json:"missing_more,omitempty"` // how many more are missing beyond the list
+	Final         bool                   `protobuf:"varint,9,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmReport) Reset() {
+	*x = ConfirmReport{}
+	mi := &file_quicpush_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmReport) ProtoMessage() {}
+
+func (x *ConfirmReport) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmReport.ProtoReflect.Descriptor instead.
+func (*ConfirmReport) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConfirmReport) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ConfirmReport) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetConfirmed() uint32 {
+	if x != nil {
+		return x.Confirmed
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetMissing() []string {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+func (x *ConfirmReport) GetMissingMore() uint32 {
+	if x != nil {
+		return x.MissingMore
+	}
+	return 0
+}
+
+func (x *ConfirmReport) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+// PresenceWatch (client to server, session stream): send the channel's
+// presence, then merged updates. Answered by a PresenceUpdate carrying the
+// request_id, or an Error.
+type PresenceWatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceWatch) Reset() {
+	*x = PresenceWatch{}
+	mi := &file_quicpush_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceWatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceWatch) ProtoMessage() {}
+
+func (x *PresenceWatch) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceWatch.ProtoReflect.Descriptor instead.
+func (*PresenceWatch) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PresenceWatch) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *PresenceWatch) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+type PresenceUnwatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceUnwatch) Reset() {
+	*x = PresenceUnwatch{}
+	mi := &file_quicpush_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceUnwatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceUnwatch) ProtoMessage() {}
+
+func (x *PresenceUnwatch) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceUnwatch.ProtoReflect.Descriptor instead.
+func (*PresenceUnwatch) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PresenceUnwatch) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+// PresenceUpdate (server to client): the channel's online count, and who
+// joined and left since the previous update (net changes; at most 50 names
+// each, the counts say how many in all). The first one answers
+// PresenceWatch (request_id set, no names); later ones come at most once
+// per presence interval per channel.
+type PresenceUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Online        uint32                 `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	Joined        []string               `protobuf:"bytes,4,rep,name=joined,proto3" json:"joined,omitempty"`
+	Left          []string               `protobuf:"bytes,5,rep,name=left,proto3" json:"left,omitempty"`
+	JoinedCount   uint32                 `protobuf:"varint,6,opt,name=joined_count,json=joinedCount,proto3" json:"joined_count,omitempty"`
+	LeftCount     uint32                 `protobuf:"varint,7,opt,name=left_count,json=leftCount,proto3" json:"left_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceUpdate) Reset() {
+	*x = PresenceUpdate{}
+	mi := &file_quicpush_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceUpdate) ProtoMessage() {}
+
+func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceUpdate.ProtoReflect.Descriptor instead.
+func (*PresenceUpdate) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PresenceUpdate) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *PresenceUpdate) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *PresenceUpdate) GetOnline() uint32 {
+	if x != nil {
+		return x.Online
+	}
+	return 0
+}
+
+func (x *PresenceUpdate) GetJoined() []string {
+	if x != nil {
+		return x.Joined
+	}
+	return nil
+}
+
+func (x *PresenceUpdate) GetLeft() []string {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *PresenceUpdate) GetJoinedCount() uint32 {
+	if x != nil {
+		return x.JoinedCount
+	}
+	return 0
+}
+
+func (x *PresenceUpdate) GetLeftCount() uint32 {
+	if x != nil {
+		return x.LeftCount
+	}
+	return 0
+}
+
+// PresenceList (client to server): a page of the channel's online users,
+// sorted by name, those after `after`; limit 0 means 100, above 1000 gets
+// INVALID_RANGE.
+type PresenceList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	After         string                 `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`
+	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceList) Reset() {
+	*x = PresenceList{}
+	mi := &file_quicpush_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceList) ProtoMessage() {}
+
+func (x *PresenceList) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceList.ProtoReflect.Descriptor instead.
+func (*PresenceList) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PresenceList) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *PresenceList) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *PresenceList) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *PresenceList) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// PresenceMembers answers PresenceList. next is the `after` of the next
+// page; empty when this page is the last.
+type PresenceMembers struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Users         []string               `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"`
+	Online        uint32                 `protobuf:"varint,4,opt,name=online,proto3" json:"online,omitempty"`
+	Next          string                 `protobuf:"bytes,5,opt,name=next,proto3" json:"next,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceMembers) Reset() {
+	*x = PresenceMembers{}
+	mi := &file_quicpush_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceMembers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceMembers) ProtoMessage() {}
+
+func (x *PresenceMembers) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceMembers.ProtoReflect.Descriptor instead.
+func (*PresenceMembers) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PresenceMembers) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *PresenceMembers) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *PresenceMembers) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *PresenceMembers) GetOnline() uint32 {
+	if x != nil {
+		return x.Online
+	}
+	return 0
+}
+
+func (x *PresenceMembers) GetNext() string {
+	if x != nil {
+		return x.Next
+	}
+	return ""
+}
+
 type PublishAck struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1732,7 +2466,7 @@ type PublishAck struct {
 
 func (x *PublishAck) Reset() {
 	*x = PublishAck{}
-	mi := &file_quicpush_proto_msgTypes[15]
+	mi := &file_quicpush_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +2478,7 @@ func (x *PublishAck) String() string {
 func (*PublishAck) ProtoMessage() {}
 
 func (x *PublishAck) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[15]
+	mi := &file_quicpush_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +2491,7 @@ func (x *PublishAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishAck.ProtoReflect.Descriptor instead.
 func (*PublishAck) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{15}
+	return file_quicpush_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PublishAck) GetRequestId() uint64 {
@@ -1819,7 +2553,7 @@ type HeadNotice struct {
 
 func (x *HeadNotice) Reset() {
 	*x = HeadNotice{}
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +2565,7 @@ func (x *HeadNotice) String() string {
 func (*HeadNotice) ProtoMessage() {}
 
 func (x *HeadNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[16]
+	mi := &file_quicpush_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2578,7 @@ func (x *HeadNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNotice.ProtoReflect.Descriptor instead.
 func (*HeadNotice) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{16}
+	return file_quicpush_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeadNotice) GetChannel() string {
@@ -1887,7 +2621,7 @@ type Shed struct {
 
 func (x *Shed) Reset() {
 	*x = Shed{}
-	mi := &file_quicpush_proto_msgTypes[17]
+	mi := &file_quicpush_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2633,7 @@ func (x *Shed) String() string {
 func (*Shed) ProtoMessage() {}
 
 func (x *Shed) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[17]
+	mi := &file_quicpush_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2646,7 @@ func (x *Shed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shed.ProtoReflect.Descriptor instead.
 func (*Shed) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{17}
+	return file_quicpush_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Shed) GetChannel() string {
@@ -1943,7 +2677,7 @@ type SessionOpened struct {
 
 func (x *SessionOpened) Reset() {
 	*x = SessionOpened{}
-	mi := &file_quicpush_proto_msgTypes[18]
+	mi := &file_quicpush_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2689,7 @@ func (x *SessionOpened) String() string {
 func (*SessionOpened) ProtoMessage() {}
 
 func (x *SessionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[18]
+	mi := &file_quicpush_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2702,7 @@ func (x *SessionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpened.ProtoReflect.Descriptor instead.
 func (*SessionOpened) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{18}
+	return file_quicpush_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SessionOpened) GetHoleWaitMs() uint32 {
@@ -2009,7 +2743,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_quicpush_proto_msgTypes[19]
+	mi := &file_quicpush_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2755,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[19]
+	mi := &file_quicpush_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2768,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{19}
+	return file_quicpush_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RepairRequest) GetChannel() string {
@@ -2086,7 +2820,7 @@ type RepairEnd struct {
 
 func (x *RepairEnd) Reset() {
 	*x = RepairEnd{}
-	mi := &file_quicpush_proto_msgTypes[20]
+	mi := &file_quicpush_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2832,7 @@ func (x *RepairEnd) String() string {
 func (*RepairEnd) ProtoMessage() {}
 
 func (x *RepairEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[20]
+	mi := &file_quicpush_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2845,7 @@ func (x *RepairEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairEnd.ProtoReflect.Descriptor instead.
 func (*RepairEnd) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{20}
+	return file_quicpush_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RepairEnd) GetNext() uint64 {
@@ -2156,7 +2890,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_quicpush_proto_msgTypes[21]
+	mi := &file_quicpush_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2902,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[21]
+	mi := &file_quicpush_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2915,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{21}
+	return file_quicpush_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2223,7 +2957,7 @@ var File_quicpush_proto protoreflect.FileDescriptor
 
 const file_quicpush_proto_rawDesc = "" +
 	"\n" +
-	"\x0equicpush.proto\x12\vquicpush.v1\"\xda\b\n" +
+	"\x0equicpush.proto\x12\vquicpush.v1\"\xcf\f\n" +
 	"\x05Frame\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.quicpush.v1.HelloH\x00R\x05hello\x120\n" +
 	"\awelcome\x18\x02 \x01(\v2\x14.quicpush.v1.WelcomeH\x00R\awelcome\x12'\n" +
@@ -2250,7 +2984,14 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0esession_opened\x18\x16 \x01(\v2\x1a.quicpush.v1.SessionOpenedH\x00R\rsessionOpened\x12C\n" +
 	"\x0erepair_request\x18\x14 \x01(\v2\x1a.quicpush.v1.RepairRequestH\x00R\rrepairRequest\x127\n" +
 	"\n" +
-	"repair_end\x18\x15 \x01(\v2\x16.quicpush.v1.RepairEndH\x00R\trepairEnd\x12*\n" +
+	"repair_end\x18\x15 \x01(\v2\x16.quicpush.v1.RepairEndH\x00R\trepairEnd\x12I\n" +
+	"\x10confirm_progress\x182 \x01(\v2\x1c.quicpush.v1.ConfirmProgressH\x00R\x0fconfirmProgress\x12C\n" +
+	"\x0econfirm_report\x183 \x01(\v2\x1a.quicpush.v1.ConfirmReportH\x00R\rconfirmReport\x12C\n" +
+	"\x0epresence_watch\x184 \x01(\v2\x1a.quicpush.v1.PresenceWatchH\x00R\rpresenceWatch\x12I\n" +
+	"\x10presence_unwatch\x185 \x01(\v2\x1c.quicpush.v1.PresenceUnwatchH\x00R\x0fpresenceUnwatch\x12F\n" +
+	"\x0fpresence_update\x186 \x01(\v2\x1b.quicpush.v1.PresenceUpdateH\x00R\x0epresenceUpdate\x12@\n" +
+	"\rpresence_list\x187 \x01(\v2\x19.quicpush.v1.PresenceListH\x00R\fpresenceList\x12I\n" +
+	"\x10presence_members\x188 \x01(\v2\x1c.quicpush.v1.PresenceMembersH\x00R\x0fpresenceMembers\x12*\n" +
 	"\x05error\x18\x1e \x01(\v2\x12.quicpush.v1.ErrorH\x00R\x05errorB\x06\n" +
 	"\x04body\"\xa3\x01\n" +
 	"\x05Hello\x12\x18\n" +
@@ -2329,7 +3070,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x03Ack\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xac\x01\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xdc\x01\n" +
 	"\aPublish\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
@@ -2337,7 +3078,60 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12(\n" +
 	"\x05class\x18\x04 \x01(\x0e2\x12.quicpush.v1.ClassR\x05class\x12\x0e\n" +
 	"\x02id\x18\x05 \x01(\tR\x02id\x12\x1a\n" +
-	"\bcritical\x18\x06 \x01(\bR\bcritical\"\xa5\x01\n" +
+	"\bcritical\x18\x06 \x01(\bR\bcritical\x12.\n" +
+	"\aconfirm\x18\a \x01(\v2\x14.quicpush.v1.ConfirmR\aconfirm\"*\n" +
+	"\aConfirm\x12\x1f\n" +
+	"\vdeadline_ms\x18\x01 \x01(\rR\n" +
+	"deadlineMs\"\xbc\x01\n" +
+	"\x0fConfirmProgress\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\tconfirmed\x18\x05 \x01(\rR\tconfirmed\x12\x14\n" +
+	"\x05total\x18\x06 \x01(\rR\x05total\x12\x14\n" +
+	"\x05final\x18\a \x01(\bR\x05final\"\xf7\x01\n" +
+	"\rConfirmReport\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\tconfirmed\x18\x05 \x01(\rR\tconfirmed\x12\x14\n" +
+	"\x05total\x18\x06 \x01(\rR\x05total\x12\x18\n" +
+	"\amissing\x18\a \x03(\tR\amissing\x12!\n" +
+	"\fmissing_more\x18\b \x01(\rR\vmissingMore\x12\x14\n" +
+	"\x05final\x18\t \x01(\bR\x05final\"H\n" +
+	"\rPresenceWatch\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\"+\n" +
+	"\x0fPresenceUnwatch\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\"\xcf\x01\n" +
+	"\x0ePresenceUpdate\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x16\n" +
+	"\x06online\x18\x03 \x01(\rR\x06online\x12\x16\n" +
+	"\x06joined\x18\x04 \x03(\tR\x06joined\x12\x12\n" +
+	"\x04left\x18\x05 \x03(\tR\x04left\x12!\n" +
+	"\fjoined_count\x18\x06 \x01(\rR\vjoinedCount\x12\x1d\n" +
+	"\n" +
+	"left_count\x18\a \x01(\rR\tleftCount\"s\n" +
+	"\fPresenceList\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"\x8c\x01\n" +
+	"\x0fPresenceMembers\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x14\n" +
+	"\x05users\x18\x03 \x03(\tR\x05users\x12\x16\n" +
+	"\x06online\x18\x04 \x01(\rR\x06online\x12\x12\n" +
+	"\x04next\x18\x05 \x01(\tR\x04next\"\xa5\x01\n" +
 	"\n" +
 	"PublishAck\x12\x1d\n" +
 	"\n" +
@@ -2388,7 +3182,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\vSTART_AFTER\x10\x01*0\n" +
 	"\x05Class\x12\x12\n" +
 	"\x0eCLASS_RELIABLE\x10\x00\x12\x13\n" +
-	"\x0fCLASS_DROPPABLE\x10\x01*\xe3\x03\n" +
+	"\x0fCLASS_DROPPABLE\x10\x01*\xae\x04\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x11\n" +
@@ -2414,7 +3208,10 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x11MESSAGE_TOO_LARGE\x10\x84\x04\x12\x13\n" +
 	"\x0eNOT_SUBSCRIBED\x10\x85\x04\x12\x11\n" +
 	"\fRATE_LIMITED\x10\x86\x04\x12\x10\n" +
-	"\vUNSUPPORTED\x10\x87\x04B0Z.github.com/quicpush/quicpush/stream/quicpushpbb\x06proto3"
+	"\vUNSUPPORTED\x10\x87\x04\x12\x12\n" +
+	"\rCONFIRM_LIMIT\x10\xa0\x04\x12 \n" +
+	"\x1bCONFIRM_TOO_MANY_RECIPIENTS\x10\xa1\x04\x12\x13\n" +
+	"\x0ePRESENCE_LIMIT\x10\xa2\x04B0Z.github.com/quicpush/quicpush/stream/quicpushpbb\x06proto3"
 
 var (
 	file_quicpush_proto_rawDescOnce sync.Once
@@ -2429,34 +3226,42 @@ func file_quicpush_proto_rawDescGZIP() []byte {
 }
 
 var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_quicpush_proto_goTypes = []any{
-	(Start)(0),             // 0: quicpush.v1.Start
-	(Class)(0),             // 1: quicpush.v1.Class
-	(ErrorCode)(0),         // 2: quicpush.v1.ErrorCode
-	(HeadNotice_Reason)(0), // 3: quicpush.v1.HeadNotice.Reason
-	(*Frame)(nil),          // 4: quicpush.v1.Frame
-	(*Hello)(nil),          // 5: quicpush.v1.Hello
-	(*Welcome)(nil),        // 6: quicpush.v1.Welcome
-	(*Refresh)(nil),        // 7: quicpush.v1.Refresh
-	(*Refreshed)(nil),      // 8: quicpush.v1.Refreshed
-	(*Ping)(nil),           // 9: quicpush.v1.Ping
-	(*Pong)(nil),           // 10: quicpush.v1.Pong
-	(*GoAway)(nil),         // 11: quicpush.v1.GoAway
-	(*SessionOpen)(nil),    // 12: quicpush.v1.SessionOpen
-	(*Subscribe)(nil),      // 13: quicpush.v1.Subscribe
-	(*Subscribed)(nil),     // 14: quicpush.v1.Subscribed
-	(*Unsubscribe)(nil),    // 15: quicpush.v1.Unsubscribe
-	(*Push)(nil),           // 16: quicpush.v1.Push
-	(*Ack)(nil),            // 17: quicpush.v1.Ack
-	(*Publish)(nil),        // 18: quicpush.v1.Publish
-	(*PublishAck)(nil),     // 19: quicpush.v1.PublishAck
-	(*HeadNotice)(nil),     // 20: quicpush.v1.HeadNotice
-	(*Shed)(nil),           // 21: quicpush.v1.Shed
-	(*SessionOpened)(nil),  // 22: quicpush.v1.SessionOpened
-	(*RepairRequest)(nil),  // 23: quicpush.v1.RepairRequest
-	(*RepairEnd)(nil),      // 24: quicpush.v1.RepairEnd
-	(*Error)(nil),          // 25: quicpush.v1.Error
+	(Start)(0),              // 0: quicpush.v1.Start
+	(Class)(0),              // 1: quicpush.v1.Class
+	(ErrorCode)(0),          // 2: quicpush.v1.ErrorCode
+	(HeadNotice_Reason)(0),  // 3: quicpush.v1.HeadNotice.Reason
+	(*Frame)(nil),           // 4: quicpush.v1.Frame
+	(*Hello)(nil),           // 5: quicpush.v1.Hello
+	(*Welcome)(nil),         // 6: quicpush.v1.Welcome
+	(*Refresh)(nil),         // 7: quicpush.v1.Refresh
+	(*Refreshed)(nil),       // 8: quicpush.v1.Refreshed
+	(*Ping)(nil),            // 9: quicpush.v1.Ping
+	(*Pong)(nil),            // 10: quicpush.v1.Pong
+	(*GoAway)(nil),          // 11: quicpush.v1.GoAway
+	(*SessionOpen)(nil),     // 12: quicpush.v1.SessionOpen
+	(*Subscribe)(nil),       // 13: quicpush.v1.Subscribe
+	(*Subscribed)(nil),      // 14: quicpush.v1.Subscribed
+	(*Unsubscribe)(nil),     // 15: quicpush.v1.Unsubscribe
+	(*Push)(nil),            // 16: quicpush.v1.Push
+	(*Ack)(nil),             // 17: quicpush.v1.Ack
+	(*Publish)(nil),         // 18: quicpush.v1.Publish
+	(*Confirm)(nil),         // 19: quicpush.v1.Confirm
+	(*ConfirmProgress)(nil), // 20: quicpush.v1.ConfirmProgress
+	(*ConfirmReport)(nil),   // 21: quicpush.v1.ConfirmReport
+	(*PresenceWatch)(nil),   // 22: quicpush.v1.PresenceWatch
+	(*PresenceUnwatch)(nil), // 23: quicpush.v1.PresenceUnwatch
+	(*PresenceUpdate)(nil),  // 24: quicpush.v1.PresenceUpdate
+	(*PresenceList)(nil),    // 25: quicpush.v1.PresenceList
+	(*PresenceMembers)(nil), // 26: quicpush.v1.PresenceMembers
+	(*PublishAck)(nil),      // 27: quicpush.v1.PublishAck
+	(*HeadNotice)(nil),      // 28: quicpush.v1.HeadNotice
+	(*Shed)(nil),            // 29: quicpush.v1.Shed
+	(*SessionOpened)(nil),   // 30: quicpush.v1.SessionOpened
+	(*RepairRequest)(nil),   // 31: quicpush.v1.RepairRequest
+	(*RepairEnd)(nil),       // 32: quicpush.v1.RepairEnd
+	(*Error)(nil),           // 33: quicpush.v1.Error
 }
 var file_quicpush_proto_depIdxs = []int32{
 	5,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
@@ -2473,24 +3278,32 @@ var file_quicpush_proto_depIdxs = []int32{
 	16, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
 	17, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
 	18, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
-	19, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
-	20, // 15: quicpush.v1.Frame.head_notice:type_name -> quicpush.v1.HeadNotice
-	21, // 16: quicpush.v1.Frame.shed:type_name -> quicpush.v1.Shed
-	22, // 17: quicpush.v1.Frame.session_opened:type_name -> quicpush.v1.SessionOpened
-	23, // 18: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
-	24, // 19: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
-	25, // 20: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
-	2,  // 21: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
-	0,  // 22: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
-	1,  // 23: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
-	1,  // 24: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
-	3,  // 25: quicpush.v1.HeadNotice.reason:type_name -> quicpush.v1.HeadNotice.Reason
-	2,  // 26: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	27, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
+	28, // 15: quicpush.v1.Frame.head_notice:type_name -> quicpush.v1.HeadNotice
+	29, // 16: quicpush.v1.Frame.shed:type_name -> quicpush.v1.Shed
+	30, // 17: quicpush.v1.Frame.session_opened:type_name -> quicpush.v1.SessionOpened
+	31, // 18: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
+	32, // 19: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
+	20, // 20: quicpush.v1.Frame.confirm_progress:type_name -> quicpush.v1.ConfirmProgress
+	21, // 21: quicpush.v1.Frame.confirm_report:type_name -> quicpush.v1.ConfirmReport
+	22, // 22: quicpush.v1.Frame.presence_watch:type_name -> quicpush.v1.PresenceWatch
+	23, // 23: quicpush.v1.Frame.presence_unwatch:type_name -> quicpush.v1.PresenceUnwatch
+	24, // 24: quicpush.v1.Frame.presence_update:type_name -> quicpush.v1.PresenceUpdate
+	25, // 25: quicpush.v1.Frame.presence_list:type_name -> quicpush.v1.PresenceList
+	26, // 26: quicpush.v1.Frame.presence_members:type_name -> quicpush.v1.PresenceMembers
+	33, // 27: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
+	2,  // 28: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
+	0,  // 29: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
+	1,  // 30: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
+	1,  // 31: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
+	19, // 32: quicpush.v1.Publish.confirm:type_name -> quicpush.v1.Confirm
+	3,  // 33: quicpush.v1.HeadNotice.reason:type_name -> quicpush.v1.HeadNotice.Reason
+	2,  // 34: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_quicpush_proto_init() }
@@ -2519,6 +3332,13 @@ func file_quicpush_proto_init() {
 		(*Frame_SessionOpened)(nil),
 		(*Frame_RepairRequest)(nil),
 		(*Frame_RepairEnd)(nil),
+		(*Frame_ConfirmProgress)(nil),
+		(*Frame_ConfirmReport)(nil),
+		(*Frame_PresenceWatch)(nil),
+		(*Frame_PresenceUnwatch)(nil),
+		(*Frame_PresenceUpdate)(nil),
+		(*Frame_PresenceList)(nil),
+		(*Frame_PresenceMembers)(nil),
 		(*Frame_Error)(nil),
 	}
 	type x struct{}
@@ -2527,7 +3347,7 @@ func file_quicpush_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quicpush_proto_rawDesc), len(file_quicpush_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
