@@ -109,7 +109,8 @@ func TestBadFrames(t *testing.T) {
 func TestErrCodesMirrorProto(t *testing.T) {
 	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced, PathLimit,
 		ProtocolViolation, FrameTooLarge, FrameUnknown, FrameUnexpected, FrameMalformed, VersionUnsupported, Unauthorized,
-		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported}
+		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported,
+		ConfirmLimit, ConfirmTooManyRecipients, PresenceLimit}
 	require.Len(t, codes, len(pb.ErrorCode_name))
 	for _, c := range codes {
 		name, ok := pb.ErrorCode_name[int32(c)]
