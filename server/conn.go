@@ -56,6 +56,7 @@ type conn struct {
 	pathLimitSent bool
 
 	slowConsumer atomic.Bool // closed with SLOW_CONSUMER
+	goingAway    atomic.Bool // sent GOAWAY: the client's goodbye is not a leave
 
 	wg       sync.WaitGroup // the connection's stream goroutines
 	mu       sync.Mutex
@@ -513,6 +514,7 @@ func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
 		return
 	}
 	c.s.metrics.goAway(code)
+	c.goingAway.Store(true)
 	control.SendFrames(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
 		Code: pb.ErrorCode(code), ReconnectAfterMs: ms(after), Message: msg,
 	}}})

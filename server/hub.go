@@ -28,6 +28,7 @@ type hub struct {
 	notifyAbove int           // subscribers beyond which a channel notifies; <0: never
 	mergeWindow time.Duration // between two notices of a channel
 	metrics     *metrics
+	presence    *presence // told of every subscriber added and removed
 
 	mu       sync.Mutex // guards channels
 	channels map[string]*hubChannel
@@ -103,6 +104,7 @@ func (h *hub) subscribe(ctx context.Context, sess *session, channel string, acce
 		b, err := h.store.Bounds(ctx, channel)
 		if err == nil && accept(b, ch.droppableSeq) {
 			ch.subs[sess] = struct{}{}
+			h.presence.join(channel, sess.c.user)
 		}
 		h.removeIfEmpty(ch)
 		ch.mu.Unlock()
@@ -110,14 +112,20 @@ func (h *hub) subscribe(ctx context.Context, sess *session, channel string, acce
 	}
 }
 
-func (h *hub) unsubscribe(sess *session, channel string) {
+// unsubscribe removes sess from channel's subscribers; goodbye says the
+// client ended the subscription itself (presence: a leave at once, not
+// after the grace period).
+func (h *hub) unsubscribe(sess *session, channel string, goodbye bool) {
 	ch := h.lookup(channel, false)
 	if ch == nil {
 		return
 	}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	delete(ch.subs, sess)
+	if _, ok := ch.subs[sess]; ok {
+		delete(ch.subs, sess)
+		h.presence.leave(channel, sess.c.user, goodbye)
+	}
 	h.removeIfEmpty(ch)
 }
 

@@ -34,6 +34,9 @@ type metrics struct {
 	notifyNotices                                 atomic.Uint64
 	refreshesOK, refreshesRefused                 atomic.Uint64
 
+	confirm  confirmMetrics
+	presence presenceMetrics
+
 	pushLatency, repairDuration, appendDuration, appendBatch prometheus.Histogram
 }
 
@@ -111,6 +114,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		descConnections, descConnectionsAccepted, descStreams, descPublishes, descPushes, descDrops, descAcks,
 		descRepairs, descRepairMessages, descPathChanges, descGoAways, descHeadNotices, descSlowConsumers, descRefreshes,
 		descCopies, descCopyBytes,
+		descConfirmations, descConfirmTracked, descConfirmFrames, descPresenceWatches, descPresenceUpdates, descPresenceChanges,
 	} {
 		ch <- d
 	}
@@ -169,6 +173,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descCopies, &f.copiesOverBudget, "over_budget")
 	counter(descCopies, &f.copiesFailed, "failed")
 	counter(descCopyBytes, &f.copyBytes)
+	m.confirm.collect(counter, gauge)
+	m.presence.collect(counter, gauge)
 	for _, h := range m.histograms() {
 		h.Collect(ch)
 	}

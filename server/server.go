@@ -85,6 +85,10 @@ type Config struct {
 	Sessions map[string]SessionParams
 	// Critical configures redundant delivery of critical messages.
 	Critical CriticalConfig
+	// Confirm configures per-recipient confirmation of reliable publishes.
+	Confirm ConfirmConfig
+	// Presence configures join/leave tracking and its merged updates.
+	Presence PresenceConfig
 	// CursorFlushInterval coalesces acknowledged cursors before they are
 	// written to the store. Zero: 1 s.
 	CursorFlushInterval time.Duration
@@ -148,6 +152,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.DroppableQueueBytes = 64 << 10
 	}
 	c.Critical = c.Critical.withDefaults()
+	c.Confirm = c.Confirm.withDefaults()
+	c.Presence = c.Presence.withDefaults()
 	if err := channelLimits(c.ChannelLimits).validate(); err != nil {
 		return c, err
 	}
@@ -166,6 +172,8 @@ type Server struct {
 	log      *slog.Logger
 	hub      *hub
 	cursors  *cursorWriter
+	presence *presence
+	confirms *confirms
 	counters counters
 	metrics  *metrics
 
@@ -204,8 +212,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.hub = newHub(cfg.Store, cfg.Logger, cfg.ChannelLimits, cfg.NotifyAbove, cfg.MergeWindow, s.metrics)
 	s.hub.critical = cfg.Critical
+	s.presence = newPresence(cfg.Presence, &s.metrics.presence)
+	s.hub.presence = s.presence
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
+	s.confirms = newConfirms(cfg.Confirm, &s.metrics.confirm, s.cursors)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -54,7 +54,9 @@ func newSession(c *conn, st *quic.Stream, name string) *session {
 // end finishes a session the client closed (FIN): no more pushes, the
 // publishes already taken are stored and acknowledged, then our FIN.
 func (s *session) end() {
-	s.unsubscribeAll()
+	// A goodbye, unless we asked the client to go (GOAWAY): then it comes
+	// back at once, within the presence grace period.
+	s.release(!s.c.goingAway.Load())
 	s.pubMu.Lock()
 	for s.publishing {
 		s.pubCond.Wait()
@@ -87,6 +89,12 @@ func (s *session) run(r *stream.Reader) error {
 			err = s.ack(b.Ack)
 		case *pb.Frame_Publish:
 			err = s.publish(b.Publish)
+		case *pb.Frame_PresenceWatch:
+			err = s.watchPresence(b.PresenceWatch)
+		case *pb.Frame_PresenceUnwatch:
+			s.c.s.presence.unwatch(s, b.PresenceUnwatch.Channel)
+		case *pb.Frame_PresenceList:
+			err = s.listPresence(b.PresenceList)
 		default:
 			err = stream.Unexpected(f, "on a session stream")
 		}
@@ -181,17 +189,25 @@ func (s *session) unsubscribe(channel string) {
 	s.mu.Lock()
 	delete(s.subs, channel)
 	s.mu.Unlock()
-	s.c.s.hub.unsubscribe(s, channel)
+	s.c.s.hub.unsubscribe(s, channel, true)
 }
 
-func (s *session) unsubscribeAll() {
+// unsubscribeAll releases what the session holds when it ended without a
+// goodbye (its stream or connection was lost).
+func (s *session) unsubscribeAll() { s.release(false) }
+
+// release ends the session's subscriptions, presence watches and
+// confirmations; goodbye says the client ended the session itself.
+func (s *session) release(goodbye bool) {
 	s.mu.Lock()
 	subs := s.subs
 	s.subs = map[string]struct{}{}
 	s.mu.Unlock()
 	for ch := range subs {
-		s.c.s.hub.unsubscribe(s, ch)
+		s.c.s.hub.unsubscribe(s, ch, goodbye)
 	}
+	s.c.s.presence.unwatchAll(s)
+	s.c.s.confirms.dropSession(s)
 }
 
 func (s *session) ack(a *pb.Ack) error {
@@ -199,7 +215,9 @@ func (s *session) ack(a *pb.Ack) error {
 		return stream.Errorf(stream.FrameMalformed, "ack: %v", err)
 	}
 	s.c.s.metrics.acks.Add(1)
-	s.c.s.cursors.set(s.c.user, a.Channel, store.Position{Epoch: a.Epoch, Seq: a.Seq})
+	pos := store.Position{Epoch: a.Epoch, Seq: a.Seq}
+	s.c.s.cursors.set(s.c.user, a.Channel, pos)
+	s.c.s.confirms.acked(s.c.user, a.Channel, pos)
 	return nil
 }
 
@@ -221,6 +239,9 @@ func (s *session) publish(p *pb.Publish) error {
 	}
 	if p.Critical && p.Class == pb.Class_CLASS_DROPPABLE {
 		return s.replyError(stream.Errorf(stream.BadRequest, "only reliable messages can be critical"), p.RequestId, p.Channel)
+	}
+	if e := s.checkConfirm(p); e != nil {
+		return s.refusePublish(p, e)
 	}
 	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
 		return s.refusePublish(p, e)
@@ -258,6 +279,11 @@ func (s *session) publish(p *pb.Publish) error {
 		e.RetryAfterMs = 100
 		return s.replyError(e, p.RequestId, p.Channel)
 	}
+	if p.Confirm != nil {
+		if e := s.c.s.confirms.begin(s, p, s.c.s.hub.recipients(p.Channel)); e != nil {
+			return s.refusePublish(p, e)
+		}
+	}
 	s.pubQueue = append(s.pubQueue, p)
 	s.inFlight++
 	if !s.publishing {
@@ -293,14 +319,21 @@ func (s *session) publishLoop() error {
 		}
 		s.pubMu.Unlock()
 		var out []byte
-		for i, res := range s.store(batch) {
+		results := s.store(batch)
+		for i, res := range results {
 			s.c.s.metrics.published(res.AppendResult, res.err)
 			out, _ = stream.AppendFrame(out, publishReply(batch[i], res))
 		}
 		s.pubMu.Lock()
 		s.inFlight -= len(batch)
 		s.pubMu.Unlock()
-		if err := s.send.Send(out); err != nil {
+		err := s.send.Send(out)
+		for i, p := range batch {
+			if p.Confirm != nil { // after the PublishAck: progress never overtakes it
+				s.c.s.confirms.stored(s, p.RequestId, results[i])
+			}
+		}
+		if err != nil {
 			s.stopPublishing()
 			if errors.Is(err, stream.ErrQueueFull) {
 				return err
