@@ -33,19 +33,24 @@ type Session struct {
 	pubs     map[uint64]*pendingPublish
 	acks     map[string]Position
 	ackTimer *time.Timer
+	confirms map[uint64]*Confirmation   // by publish request id
+	calls    map[uint64]chan callResult // requests awaiting their answer
+	watches  map[string]*PresenceWatch  // by channel
 }
 
 type pendingPublish struct {
-	frame *pb.Frame
-	done  chan struct{}
-	res   PublishResult
-	err   error
+	frame   *pb.Frame
+	confirm *ConfirmOptions
+	done    chan struct{}
+	res     PublishResult
+	err     error
 }
 
 func newSession(c *Client, name string) *Session {
 	return &Session{
 		c: c, name: name, channels: map[string]*channel{},
 		subReqs: map[uint64]string{}, subWait: map[string]chan error{}, pubs: map[uint64]*pendingPublish{}, acks: map[string]Position{},
+		confirms: map[uint64]*Confirmation{}, calls: map[uint64]chan callResult{}, watches: map[string]*PresenceWatch{},
 	}
 }
 
@@ -73,12 +78,19 @@ func (s *Session) resume(conn *connection) {
 		frames = append(frames, s.subscribeFrame(ch))
 	}
 	frames = append(frames, s.ackFrames()...)
+	frames = append(frames, s.watchFrames()...)
 	for _, id := range sortedKeys(s.pubs) {
 		p := s.pubs[id]
 		if p.frame.GetPublish().Class == pb.Class_CLASS_DROPPABLE {
 			// Never sent twice: a droppable message may be lost, not doubled.
 			delete(s.pubs, id)
 			p.err = ErrNotSent
+			close(p.done)
+			continue
+		}
+		if err := s.needFeature(stream.FeatureConfirmPresence, "confirmation"); p.confirm != nil && err != nil {
+			delete(s.pubs, id)
+			p.err = err
 			close(p.done)
 			continue
 		}
@@ -105,7 +117,10 @@ func (s *Session) detach(conn *connection) {
 	}
 	s.conn, s.send = nil, nil
 	channels := s.channelList()
+	lost := s.loseConfirmations()
+	s.failCalls()
 	s.mu.Unlock()
+	markLost(lost)
 	for _, ch := range channels {
 		ch.onDisconnect()
 	}
@@ -161,6 +176,14 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 		case *pb.Frame_PublishAck:
 			a := b.PublishAck
 			s.completePublish(a.RequestId, PublishResult{Channel: a.Channel, Epoch: a.Epoch, Seq: a.Seq, Duplicate: a.Duplicate, Dropped: a.Dropped}, nil)
+		case *pb.Frame_ConfirmProgress:
+			s.onConfirmProgress(b.ConfirmProgress)
+		case *pb.Frame_ConfirmReport:
+			s.onConfirmReport(b.ConfirmReport)
+		case *pb.Frame_PresenceUpdate:
+			s.onPresenceUpdate(b.PresenceUpdate)
+		case *pb.Frame_PresenceMembers:
+			s.answer(b.PresenceMembers.RequestId, f, nil)
 		case *pb.Frame_Error:
 			s.onError(conn, stream.FromFrame(b.Error), b.Error.RequestId)
 		default:
@@ -177,6 +200,9 @@ func (s *Session) channel(name string) *channel {
 }
 
 func (s *Session) onError(conn *connection, e *stream.Error, requestID uint64) {
+	if s.answer(requestID, nil, e) {
+		return // a presence request
+	}
 	s.mu.Lock()
 	channel, isSub := s.subReqs[requestID]
 	delete(s.subReqs, requestID)
@@ -406,6 +432,10 @@ type PublishOptions struct {
 	// server also sends a copy on an independent path while a subscriber's
 	// connection sees loss, so a lost packet does not delay it.
 	Critical bool
+	// Confirm (reliable messages only) asks the server to track which of
+	// the channel's subscribers handle the message: see
+	// PublishResult.Confirmation.
+	Confirm *ConfirmOptions
 }
 
 // PublishResult is the server's acknowledgement.
@@ -418,6 +448,9 @@ type PublishResult struct {
 	// Dropped: a droppable message over a rate limit, dropped by the
 	// server (not an error: droppable messages may be thinned).
 	Dropped bool
+	// Confirmation follows the recipients' confirmations when
+	// PublishOptions.Confirm was set; nil otherwise.
+	Confirmation *Confirmation
 }
 
 // Publish publishes data to channel and waits until the server has stored
@@ -440,15 +473,25 @@ func (s *Session) Publish(ctx context.Context, channel string, data []byte, opts
 	if err := stream.ValidateID(id); err != nil {
 		return PublishResult{}, err
 	}
+	if err := checkConfirm(opts); err != nil {
+		return PublishResult{}, err
+	}
 	class := pb.Class_CLASS_RELIABLE
 	if opts.Droppable {
 		class = pb.Class_CLASS_DROPPABLE
 	}
-	p := &pendingPublish{done: make(chan struct{})}
+	p := &pendingPublish{done: make(chan struct{}), confirm: opts.Confirm}
 	s.mu.Lock()
+	if err := s.needFeature(stream.FeatureConfirmPresence, "confirmation"); opts.Confirm != nil && err != nil {
+		s.mu.Unlock()
+		return PublishResult{}, err
+	}
 	s.nextReq++
 	reqID := s.nextReq
 	p.frame = &pb.Frame{Body: &pb.Frame_Publish{Publish: &pb.Publish{RequestId: reqID, Channel: channel, Data: data, Class: class, Id: id, Critical: opts.Critical}}}
+	if opts.Confirm != nil {
+		p.frame.GetPublish().Confirm = &pb.Confirm{DeadlineMs: uint32(opts.Confirm.Deadline / time.Millisecond)}
+	}
 	s.pubs[reqID] = p
 	if s.send != nil {
 		s.send.SendFrames(p.frame) // on failure the connection ends and resume resends it
@@ -480,6 +523,11 @@ func (s *Session) completePublish(requestID uint64, res PublishResult, err error
 	s.mu.Lock()
 	p := s.pubs[requestID]
 	delete(s.pubs, requestID)
+	if p != nil && err == nil && p.confirm != nil {
+		// Before the reader takes the next frame: progress follows the ack.
+		res.Confirmation = newConfirmation(*p.confirm, res)
+		s.confirms[requestID] = res.Confirmation
+	}
 	s.mu.Unlock()
 	if p != nil {
 		p.res, p.err = res, err
