@@ -59,6 +59,7 @@ func (st ConfirmStatus) Complete() bool { return st.Confirmed == st.Total && !st
 type Confirmation struct {
 	opts ConfirmOptions
 
+	updating sync.Mutex // one update at a time, OnUpdate included
 	mu       sync.Mutex
 	status   ConfirmStatus
 	changed  chan struct{} // closed and replaced at every change
@@ -107,8 +108,11 @@ func (c *Confirmation) Wait(ctx context.Context) (ConfirmStatus, error) {
 	}
 }
 
-// update applies f to the status and tells whoever waits.
+// update applies f to the status, calls OnUpdate, then wakes whoever
+// waits: a caller woken by the final status has seen its OnUpdate done.
 func (c *Confirmation) update(f func(*ConfirmStatus)) {
+	c.updating.Lock()
+	defer c.updating.Unlock()
 	c.mu.Lock()
 	if c.status.Final {
 		c.mu.Unlock()
@@ -116,6 +120,12 @@ func (c *Confirmation) update(f func(*ConfirmStatus)) {
 	}
 	f(&c.status)
 	st := c.status
+	c.mu.Unlock()
+	if c.opts.OnUpdate != nil {
+		c.opts.OnUpdate(st)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	close(c.changed)
 	c.changed = make(chan struct{})
 	if st.Report || st.Final {
@@ -127,10 +137,6 @@ func (c *Confirmation) update(f func(*ConfirmStatus)) {
 	}
 	if st.Final {
 		close(c.done)
-	}
-	c.mu.Unlock()
-	if c.opts.OnUpdate != nil {
-		c.opts.OnUpdate(st)
 	}
 }
 

@@ -54,12 +54,13 @@ type globals struct {
 
 type cli struct {
 	globals
-	Sub     subCmd     `cmd:"" help:"Subscribe to channels and print each message handed over."`
-	Pub     pubCmd     `cmd:"" help:"Publish messages to a channel and print each acknowledgement."`
-	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
-	Netem   netemCmd   `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
-	Token   tokenCmd   `cmd:"" help:"Mint a signed token (JWT) for a server that checks them."`
-	Bench   benchCmd   `cmd:"" help:"Benchmark a quicpush server it starts, beside a raw quic-go baseline (fanout, latency, idle, store, repair)."`
+	Sub      subCmd      `cmd:"" help:"Subscribe to channels and print each message handed over."`
+	Pub      pubCmd      `cmd:"" help:"Publish messages to a channel and print each acknowledgement."`
+	History  historyCmd  `cmd:"" help:"Print a channel's stored messages."`
+	Presence presenceCmd `cmd:"" help:"Print who is online in a channel (count, member pages, merged updates with --follow)."`
+	Netem    netemCmd    `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
+	Token    tokenCmd    `cmd:"" help:"Mint a signed token (JWT) for a server that checks them."`
+	Bench    benchCmd    `cmd:"" help:"Benchmark a quicpush server it starts, beside a raw quic-go baseline (fanout, latency, idle, store, repair)."`
 
 	BenchServer benchServerCmd `cmd:"" name:"bench-server" hidden:"" help:"The server child of bench."`
 }

@@ -23,6 +23,8 @@ type pubCmd struct {
 	ID      string        `name:"id" env:"QUICPUSH_PUB_ID" placeholder:"PREFIX" help:"Message n gets the client message id PREFIX-n, so running the same command again after a failure publishes nothing twice."`
 	Session string        `default:"default" env:"QUICPUSH_PUB_SESSION" help:"Business session to publish on."`
 	Timeout time.Duration `env:"QUICPUSH_PUB_TIMEOUT" placeholder:"D" help:"Give up after D (e.g. 10s) and exit 1; default: wait as long as it takes."`
+	Confirm bool          `env:"QUICPUSH_PUB_CONFIRM" help:"Ask which subscribers handle each message: print progress, and the missing recipients at --wait; exit 1 unless all confirmed by then."`
+	Wait    time.Duration `default:"10s" env:"QUICPUSH_PUB_WAIT" placeholder:"D" help:"With --confirm: the deadline, counted from each acknowledgement (default: ${default})."`
 }
 
 // Help explains the output, below the flags of "quicpush pub --help".
@@ -31,7 +33,15 @@ func (pubCmd) Help() string {
 than message n+1, and prints one JSON object per acknowledged message:
   {"channel","seq","epoch","id","duplicate"}
 (seq is 0 for droppable messages; duplicate is true when the id was
-published before and seq is the original one).`
+published before and seq is the original one).
+
+With --confirm, the recipients (the users subscribed to the channel when
+the server took the message, the publisher excepted) confirm once their
+client has handled it. Merged progress lines follow the acknowledgement:
+  {"channel","seq","confirmed","total","state":"progress"}
+then, if all confirm, one with "state":"complete" (exit 0); otherwise, at
+--wait, one with "state":"deadline" and "missing" (the first 100 users,
+sorted) and "missing_more" (how many beyond them), and exit 1.`
 }
 
 func (c *pubCmd) Validate() error {
@@ -46,6 +56,12 @@ func (c *pubCmd) Validate() error {
 	}
 	if c.Rate < 0 {
 		return errors.New("--rate must not be negative")
+	}
+	if c.Confirm && c.Class == "droppable" {
+		return errors.New("--confirm needs reliable messages: droppable ones are not acknowledged by subscribers")
+	}
+	if c.Confirm && (c.Wait < time.Millisecond || c.Wait > 10*time.Minute) {
+		return errors.New("--wait must be between 1ms and 10m (the server's default maximum)")
 	}
 	if c.ID != "" {
 		if err := stream.ValidateID(c.messageID(c.Count)); err != nil {
@@ -88,6 +104,9 @@ func (c *pubCmd) Run(ctx context.Context, e *env) error {
 	}
 	defer cl.Close()
 	session := cl.Session(c.Session)
+	out := &lineWriter{w: e.stdout}
+	defer out.stop() // before cl.Close
+	var confirms []*client.Confirmation
 	lim := rate.NewLimiter(rate.Inf, 1)
 	if c.Rate > 0 {
 		lim = rate.NewLimiter(rate.Limit(c.Rate), 1)
@@ -100,7 +119,11 @@ func (c *pubCmd) Run(ctx context.Context, e *env) error {
 			// The context ended, or will before the next slot.
 			return c.stopped(ctx, n, false)
 		}
-		res, err := session.Publish(ctx, c.Channel, c.data(n), client.PublishOptions{ID: c.messageID(n), Droppable: c.Class == "droppable"})
+		opts := client.PublishOptions{ID: c.messageID(n), Droppable: c.Class == "droppable"}
+		if c.Confirm {
+			opts.Confirm = &client.ConfirmOptions{Deadline: c.Wait, OnUpdate: out.confirmUpdate}
+		}
+		res, err := session.Publish(ctx, c.Channel, c.data(n), opts)
 		var pe *stream.Error
 		switch {
 		case errors.As(err, &pe):
@@ -110,11 +133,14 @@ func (c *pubCmd) Run(ctx context.Context, e *env) error {
 		case err != nil:
 			return fmt.Errorf("publishing message %d failed: %w (%d of %d acknowledged)", n, err, n-1, c.Count)
 		}
-		if err := writeLine(e.stdout, pubLine{Channel: res.Channel, Seq: res.Seq, Epoch: res.Epoch, ID: res.ID, Duplicate: res.Duplicate}); err != nil {
+		if err := out.acked(pubLine{Channel: res.Channel, Seq: res.Seq, Epoch: res.Epoch, ID: res.ID, Duplicate: res.Duplicate}); err != nil {
 			return fmt.Errorf("cannot write to stdout: %w", err)
 		}
+		if res.Confirmation != nil {
+			confirms = append(confirms, res.Confirmation)
+		}
 	}
-	return nil
+	return waitConfirmations(ctx, confirms, c.Wait)
 }
 
 // stopped explains a publish cut short by --timeout or a signal before
