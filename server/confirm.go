@@ -386,6 +386,21 @@ func (cs *confirms) dropSession(sess *session) {
 	}
 }
 
+// close stops every timer (the server is closing).
+func (cs *confirms) close() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, c := range cs.byKey {
+		cs.remove(c)
+	}
+	for sess, out := range cs.outs {
+		if out.timer != nil {
+			out.timer.Stop()
+		}
+		delete(cs.outs, sess)
+	}
+}
+
 // recipients returns the users with a session subscribed to channel.
 func (h *hub) recipients(channel string) map[string]struct{} {
 	users := map[string]struct{}{}

@@ -112,6 +112,24 @@ func (p *presence) dropIfIdle(pc *presenceChannel) {
 	}
 }
 
+// close stops every timer (the server is closing): nothing of it
+// outlives Server.Close.
+func (p *presence) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pc := range p.channels {
+		if pc.timer != nil {
+			pc.timer.Stop()
+		}
+		for _, u := range pc.users {
+			if u.leaving != nil {
+				u.leaving.Stop()
+			}
+		}
+	}
+	clear(p.channels)
+}
+
 // join counts one more session of user subscribed to channel.
 func (p *presence) join(channel, user string) {
 	p.mu.Lock()

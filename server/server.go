@@ -389,6 +389,8 @@ func (s *Server) Close() error {
 	s.stopWatch()
 	s.cancel()
 	s.wg.Wait()
+	s.presence.close()
+	s.confirms.close()
 	s.cursors.flush(context.Background())
 	for _, tr := range s.transports {
 		tr.Close()
