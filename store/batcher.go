@@ -429,9 +429,11 @@ func (b *batch) addAppends(op *appendOp) error {
 			return err
 		}
 		var ik []byte
+		var hash uint64
 		if r.ID != "" {
 			ik = idemKey(h.id, r.From, r.ID)
-			res, dup, err := b.idempotent(h, ik)
+			hash = idemHash(ik)
+			res, dup, err := b.idempotent(h, ik, hash)
 			if err != nil {
 				return err
 			}
@@ -455,6 +457,7 @@ func (b *batch) addAppends(op *appendOp) error {
 			if err := b.txn.SetEntry(e); err != nil {
 				return err
 			}
+			b.db.idem.add(hash)
 			b.seen[string(ik)] = res
 		}
 		b.msgs = append(b.msgs, Message{
@@ -466,9 +469,11 @@ func (b *batch) addAppends(op *appendOp) error {
 	return nil
 }
 
-// idempotent returns the result stored under idempotency key ik, if any:
-// earlier in this batch or the previous one, or committed within the TTL.
-func (b *batch) idempotent(h *head, ik []byte) (AppendResult, bool, error) {
+// idempotent returns the result stored under idempotency key ik (of hash
+// hash), if any: earlier in this batch or the previous one, or committed
+// within the TTL. Badger is read only if the idempotency filter says the key
+// may be there.
+func (b *batch) idempotent(h *head, ik []byte, hash uint64) (AppendResult, bool, error) {
 	if res, ok := b.seen[string(ik)]; ok {
 		return res, true, nil
 	}
@@ -480,7 +485,7 @@ func (b *batch) idempotent(h *head, ik []byte) (AppendResult, bool, error) {
 			return AppendResult{}, false, nil // a new channel has no keys
 		}
 	}
-	if b.created[h.name] == h {
+	if b.created[h.name] == h || !b.db.idem.mayHold(hash) {
 		return AppendResult{}, false, nil
 	}
 	item, err := b.txn.Get(ik)
