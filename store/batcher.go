@@ -75,6 +75,7 @@ type writerState struct {
 	lastID    uint64 // last channel id assigned
 	savedID   uint64 // last channel id committed
 	batch     uint64 // batches built, to mark the heads a batch touches
+	lastSize  int    // requests in the last batch submitted
 	committed *batch // the batch committing, nil if none
 	building  *batch // the next one
 	backlog   []*appendOp
@@ -236,16 +237,20 @@ type batch struct {
 	// prev is the batch committing when txn was created: txn's snapshot
 	// misses its writes, so its idempotency keys and channels are looked up
 	// in it.
-	prev    *batch
-	now     time.Time
-	ops     []*appendOp
-	n       int              // requests in ops
-	cost    int64            // their cost
-	err     error            // of building (then it is failed, not committed), or of its commit
-	touched []*head          // heads whose next or nextFirst the batch moved
-	created map[string]*head // channels whose first message is in the batch
-	seen    map[string]AppendResult
-	msgs    []Message
+	prev *batch
+	now  time.Time // the messages' time (Options.Now)
+	// wall is when the batch started, by Badger's clock, and expiresAt
+	// when its idempotency keys expire, in Badger's Unix seconds.
+	wall      time.Time
+	expiresAt uint64
+	ops       []*appendOp
+	n         int              // requests in ops
+	cost      int64            // their cost
+	err       error            // of building (then it is failed, not committed), or of its commit
+	touched   []*head          // heads whose next or nextFirst the batch moved
+	created   map[string]*head // channels whose first message is in the batch
+	seen      map[string]AppendResult
+	msgs      []Message
 
 	// Set when the batch is submitted.
 	commits []commitPos // what each head of touched commits to
@@ -264,15 +269,18 @@ type commitPos struct {
 // newBatch starts a batch. Its transaction is created now, before prev's
 // commit begins: later, Badger would make it wait for prev to be written.
 func (db *DB) newBatch(prev *batch) *batch {
-	db.writer.batch++
+	w := &db.writer
+	w.batch++
 	return &batch{
 		db:      db,
-		no:      db.writer.batch,
+		no:      w.batch,
 		txn:     db.bdb.NewTransaction(true),
 		prev:    prev,
 		created: make(map[string]*head),
-		seen:    make(map[string]AppendResult),
-		landed:  make(chan struct{}),
+		// Sized like the last batch, so that they rarely grow.
+		seen:   make(map[string]AppendResult, w.lastSize),
+		msgs:   make([]Message, 0, w.lastSize),
+		landed: make(chan struct{}),
 	}
 }
 
@@ -284,6 +292,9 @@ func (b *batch) add(op *appendOp) bool {
 	}
 	if len(b.ops) == 0 {
 		b.now = b.db.opts.Now().Round(0)
+		b.wall = time.Now()
+		b.expiresAt = uint64(b.wall.Add(b.db.opts.IdempotencyTTL).Unix())
+		b.db.idem.prune(b.wall)
 	}
 	b.ops, b.n, b.cost = append(b.ops, op), b.n+len(op.reqs), b.cost+op.cost
 	if b.err == nil {
@@ -322,6 +333,7 @@ func (db *DB) submit() {
 		return
 	}
 	w.trims = pending
+	w.lastSize = b.n
 	b.lastID = w.lastID
 	next := db.newBatch(b)
 	db.commit(b.txn, func(err error) {
@@ -420,7 +432,6 @@ func (b *batch) head(channel string, create bool) (*head, error) {
 }
 
 func (b *batch) addAppends(op *appendOp) error {
-	ttl := b.db.opts.IdempotencyTTL
 	op.res = make([]AppendResult, len(op.reqs))
 	for i := range op.reqs {
 		r := &op.reqs[i]
@@ -428,10 +439,12 @@ func (b *batch) addAppends(op *appendOp) error {
 		if err != nil {
 			return err
 		}
-		var ik []byte
+		var ik, ikRest []byte
 		var hash uint64
 		if r.ID != "" {
-			ik = idemKey(h.id, r.From, r.ID)
+			// The key and its value share one allocation, as the message's do.
+			ik = appendIdemKey(make([]byte, 0, idemKeyLen(r.From, r.ID)+8), h.id, r.From, r.ID)
+			ik, ikRest = ik[:len(ik):len(ik)], ik[len(ik):]
 			hash = idemHash(ik)
 			res, dup, err := b.idempotent(h, ik, hash)
 			if err != nil {
@@ -453,11 +466,12 @@ func (b *batch) addAppends(op *appendOp) error {
 			return err
 		}
 		if ik != nil {
-			e := badger.NewEntry(ik, binary.BigEndian.AppendUint64(nil, res.Seq)).WithTTL(ttl)
+			e := badger.NewEntry(ik, binary.BigEndian.AppendUint64(ikRest, res.Seq))
+			e.ExpiresAt = b.expiresAt
 			if err := b.txn.SetEntry(e); err != nil {
 				return err
 			}
-			b.db.idem.add(hash)
+			b.db.idem.add(hash, b.wall, b.expiresAt)
 			b.seen[string(ik)] = res
 		}
 		b.msgs = append(b.msgs, Message{

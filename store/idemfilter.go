@@ -33,19 +33,18 @@ type idemFilter struct {
 	gens    []*idemGen // oldest first; the last one takes the new keys
 	known   bool       // gens hold the keys stored before Open: the scan is done
 	scanned chan *idemGen
-	now     func() time.Time // time.Now; tests move it
 }
 
 type idemGen struct {
 	bloom    *z.Bloom
 	n, max   int       // keys added, keys it was sized for
 	start    time.Time // when its first key was added
-	expires  time.Time // once past, every key added has expired in Badger
+	expires  uint64    // the latest ExpiresAt (Unix seconds) of its keys
 	sizeByte int
 }
 
 func newIdemFilter(ttl time.Duration) *idemFilter {
-	return &idemFilter{ttl: ttl, scanned: make(chan *idemGen, 1), now: time.Now}
+	return &idemFilter{ttl: ttl, scanned: make(chan *idemGen, 1)}
 }
 
 func newIdemGen(keys int) *idemGen {
@@ -75,17 +74,21 @@ func (f *idemFilter) mayHold(h uint64) bool {
 	return false
 }
 
-// add records that the key of hash h is being stored now, with the TTL.
-func (f *idemFilter) add(h uint64) {
-	now := f.now()
+// prune drops the generations whose keys have all expired in Badger at now.
+func (f *idemFilter) prune(now time.Time) {
 	live := f.gens[:0]
 	for _, g := range f.gens {
-		if !now.After(g.expires) {
+		if g.expires > uint64(now.Unix()) { // Badger: expired once ExpiresAt <= now
 			live = append(live, g)
 		}
 	}
 	clear(f.gens[len(live):])
 	f.gens = live
+}
+
+// add records that the key of hash h is stored at now, to expire at
+// expiresAt (its Badger ExpiresAt).
+func (f *idemFilter) add(h uint64, now time.Time, expiresAt uint64) {
 	var g *idemGen
 	if len(f.gens) > 0 {
 		g = f.gens[len(f.gens)-1]
@@ -101,8 +104,7 @@ func (f *idemFilter) add(h uint64) {
 	}
 	g.bloom.Add(h)
 	g.n++
-	// Badger's expiry is in whole seconds, rounded down.
-	g.expires = now.Add(f.ttl + time.Second)
+	g.expires = max(g.expires, expiresAt)
 }
 
 func (f *idemFilter) size() int {
@@ -127,16 +129,15 @@ func (db *DB) scanIdem() {
 			return err
 		}
 		g = newIdemGen(keys)
-		var last uint64
 		err = db.eachIdemKey(txn, func(item *badger.Item) {
 			g.bloom.Add(idemHash(item.Key()))
 			g.n++
-			if item.ExpiresAt() == 0 { // no TTL: kept for as long as the filter
-				last = math.MaxInt64 - 1
+			exp := item.ExpiresAt()
+			if exp == 0 { // no TTL: kept for as long as the filter
+				exp = math.MaxUint64
 			}
-			last = max(last, item.ExpiresAt())
+			g.expires = max(g.expires, exp)
 		})
-		g.expires = time.Unix(int64(last)+1, 0)
 		return err
 	})
 	if err != nil {

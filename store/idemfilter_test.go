@@ -17,13 +17,13 @@ func TestIdemFilter(t *testing.T) {
 	const ttl = time.Hour
 	now := time.Unix(1_000_000, 0)
 	f := newIdemFilter(ttl)
-	f.now = func() time.Time { return now }
-	f.add(1)
+	exp := func() uint64 { return uint64(now.Add(ttl).Unix()) }
+	f.add(1, now, exp())
 	require.True(t, f.mayHold(2), "scan not in")
 
 	scanned := newIdemGen(2)
 	scanned.bloom.Add(3)
-	scanned.expires = now.Add(ttl)
+	scanned.expires = exp() - 1
 	f.scanned <- scanned
 	require.True(t, f.mayHold(1))
 	require.True(t, f.mayHold(3))
@@ -38,10 +38,13 @@ func TestIdemFilter(t *testing.T) {
 	// A new generation starts every ttl/idemGenPeriods; the first is
 	// dropped once its keys have expired, then the scanned one.
 	now = now.Add(ttl / idemGenPeriods)
-	f.add(4)
+	f.prune(now)
+	f.add(4, now, exp())
 	require.Len(t, f.gens, 3)
-	now = now.Add(ttl - ttl/idemGenPeriods + 2*time.Second)
-	f.add(5)
+	now = now.Add(ttl - ttl/idemGenPeriods)
+	f.prune(now)
+	require.Len(t, f.gens, 1, "the first generation expired at now, the scanned one before")
+	f.add(5, now, exp())
 	require.False(t, f.mayHold(1), "expired")
 	require.False(t, f.mayHold(3), "expired")
 	require.True(t, f.mayHold(4))
