@@ -105,7 +105,7 @@ func (s *session) chatLoop() error {
 	q := &s.chat
 	// Like publishes: nothing from replayable 0-RTT data is stored.
 	select {
-	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.tr.HandshakeComplete():
 	case <-s.c.ctx.Done():
 		q.mu.Lock()
 		q.queue, q.running = nil, false
@@ -184,7 +184,7 @@ func (s *session) receiptRead(r *pb.ReceiptRead) {
 		s.replyError(e, r.RequestId, inbox)
 	}
 	select {
-	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.tr.HandshakeComplete():
 	case <-s.c.ctx.Done():
 		return
 	}

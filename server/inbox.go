@@ -1,7 +1,7 @@
 package server
 
 import (
-	"github.com/quic-go/quic-go"
+	"io"
 
 	"github.com/quicpush/quicpush/store"
 	"github.com/quicpush/quicpush/stream"
@@ -18,7 +18,7 @@ import (
 const maxCountChannels = 64
 
 // writeFrames writes frames to a page or count stream.
-func writeFrames(st *quic.Stream, frames ...*pb.Frame) error {
+func writeFrames(st io.Writer, frames ...*pb.Frame) error {
 	var b []byte
 	for _, f := range frames {
 		b, _ = stream.AppendFrame(b, f)
@@ -27,9 +27,9 @@ func writeFrames(st *quic.Stream, frames ...*pb.Frame) error {
 	return err
 }
 
-func (c *conn) serveInboxCount(st *quic.Stream, req *pb.InboxCountRequest) error {
+func (c *conn) serveInboxCount(st bidiStream, req *pb.InboxCountRequest) error {
 	st.SetPriority(urgencyRepair, false)
-	st.CancelRead(quic.StreamErrorCode(stream.NoError)) // nothing more is read
+	st.CancelRead(stream.NoError) // nothing more is read
 	defer st.Close()
 	if len(req.Channels) == 0 || len(req.Channels) > maxCountChannels {
 		e := stream.Errorf(stream.BadRequest, "count 1 to %d channels, not %d", maxCountChannels, len(req.Channels))
@@ -74,9 +74,9 @@ func (c *conn) count(channel string) *pb.InboxCount {
 	return n
 }
 
-func (c *conn) serveInboxPull(st *quic.Stream, req *pb.InboxPull) error {
+func (c *conn) serveInboxPull(st bidiStream, req *pb.InboxPull) error {
 	st.SetPriority(urgencyRepair, false)
-	st.CancelRead(quic.StreamErrorCode(stream.NoError))
+	st.CancelRead(stream.NoError)
 	defer st.Close()
 	fail := func(e *stream.Error) error {
 		f := e.Frame()
