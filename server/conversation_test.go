@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicpush/quicpush/client"
+	"github.com/quicpush/quicpush/internal/netem"
 	"github.com/quicpush/quicpush/server"
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -214,4 +216,71 @@ func TestChatOfflineCountsThenPagesDeliveredOnce(t *testing.T) {
 	aliceRec.mu.Lock()
 	require.Empty(t, aliceRec.sent, "her copies were handled before she reconnected")
 	aliceRec.mu.Unlock()
+}
+
+// A's acknowledgement is lost (the relay drops everything to A once the
+// message is stored): A's connection stalls, A reconnects and sends the
+// same request again; the server stores nothing new and answers with the
+// original seq. B sees the message once; A gets one "delivered".
+func TestChatAckLostSenderRetransmits(t *testing.T) {
+	ts := runServer(t, server.Config{Heartbeat: time.Second})
+	relay, err := netem.Start(context.Background(), netem.Config{Upstream: ts.Addr, Logger: quietLog})
+	require.NoError(t, err)
+	defer relay.Close()
+	ctx := context.Background()
+
+	behind := &testServer{Server: ts.Server, Addr: relay.Addr().String(), CA: ts.CA}
+	var lost atomic.Bool // the client gave up its connection
+	alice := dial(t, behind, client.Config{Token: "alice", ReconnectMin: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+		OnState: func(s client.State) {
+			if s == client.Connecting {
+				lost.Store(true)
+			}
+		}})
+	aliceRec := &inboxRec{}
+	_, err = alice.Inbox(ctx, aliceRec.options())
+	require.NoError(t, err)
+	sendN(t, alice, "bob", "m", 1) // m-1 goes through normally
+
+	// The downlink dies: m-2 reaches the server, its acknowledgement does not.
+	require.NoError(t, relay.Update(func(c *netem.Config) { c.Downlink.Loss = 1 }))
+	type result struct {
+		res client.PublishResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := alice.Send(ctx, "bob", []byte("hello 2"), client.SendOptions{ID: "m-2"})
+		done <- result{res, err}
+	}()
+	require.Eventually(t, func() bool {
+		b, err := ts.Store.Bounds(ctx, stream.InboxChannel("bob"))
+		return err == nil && b.Last == 2
+	}, 10*time.Second, 5*time.Millisecond, "m-2 never reached the store")
+	// The stalled connection is given up (no pong for 2.5 heartbeats) ...
+	require.Eventually(t, lost.Load, 15*time.Second, 10*time.Millisecond)
+	// ... and once the network heals, A reconnects and retransmits.
+	relay.Heal()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the send was never acknowledged")
+	}
+	require.NoError(t, r.err)
+	require.True(t, r.res.Duplicate, "the acknowledgement came from a retransmission")
+	require.Equal(t, uint64(2), r.res.Seq)
+	require.GreaterOrEqual(t, alice.Stats().Connects, uint64(2))
+
+	bobRec := &inboxRec{}
+	bob := dial(t, ts, client.Config{Token: "bob"})
+	_, err = bob.Inbox(ctx, bobRec.options())
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(bobRec.messages()) == 2 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return len(aliceRec.receiptsOf(client.Delivered)) == 2 }, 10*time.Second, 5*time.Millisecond)
+	bobRec.requireMessages(t, "alice", "m", 2)
+	requireOneReceiptEach(t, aliceRec.receiptsOf(client.Delivered), "bob", "m", 2)
+	require.Equal(t, 2, storedRecords(t, ts, "bob", pb.InboxRecord_KIND_MESSAGE))
+	require.Equal(t, 2, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_SENT))
+	require.Equal(t, 2, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_DELIVERED))
 }
