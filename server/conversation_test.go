@@ -284,3 +284,59 @@ func TestChatAckLostSenderRetransmits(t *testing.T) {
 	require.Equal(t, 2, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_SENT))
 	require.Equal(t, 2, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_DELIVERED))
 }
+
+// B catches up on 600 waiting messages in pages of 50 through a lossy
+// relay; the network blacks out after the first pages, long enough for B
+// to give the connection up. B reconnects and resumes from the last message
+// it handled: every message once, in order, one "delivered" each to A.
+func TestInboxPagesResumeAfterBreak(t *testing.T) {
+	ts := runServer(t, server.Config{Heartbeat: time.Second, InboxPageSize: 50})
+	ctx := context.Background()
+	const n = 600
+	alice := dial(t, ts, client.Config{Token: "alice"})
+	aliceRec := &inboxRec{}
+	_, err := alice.Inbox(ctx, aliceRec.options())
+	require.NoError(t, err)
+	sendN(t, alice, "bob", "m", n)
+
+	lossy := netem.Link{Loss: 0.02, Delay: 5 * time.Millisecond}
+	relay, err := netem.Start(ctx, netem.Config{Upstream: ts.Addr, Uplink: lossy, Downlink: lossy, Seed: 9, Logger: quietLog})
+	require.NoError(t, err)
+	defer relay.Close()
+	behind := &testServer{Server: ts.Server, Addr: relay.Addr().String(), CA: ts.CA}
+
+	// The handler stops at message 130 (page 3) until the blackout is on.
+	reached, resume := make(chan struct{}), make(chan struct{})
+	bobRec := &inboxRec{block: func(k int) {
+		if k == 130 {
+			close(reached)
+			<-resume
+		}
+	}}
+	bob := dial(t, behind, client.Config{Token: "bob", ReconnectMin: 50 * time.Millisecond, ReconnectMax: 500 * time.Millisecond})
+	_, err = bob.Inbox(ctx, bobRec.options())
+	require.NoError(t, err)
+	select {
+	case <-reached:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first pages never arrived")
+	}
+	relay.Blackout(4 * time.Second) // > 2.5 heartbeats: the connection is given up
+	close(resume)
+	require.Eventually(t, func() bool { return bob.Stats().Connects >= 2 }, 20*time.Second, 10*time.Millisecond, "bob never reconnected")
+	require.Eventually(t, func() bool { return len(bobRec.messages()) == n }, 30*time.Second, 10*time.Millisecond,
+		"got %d of %d", len(bobRec.messages()), n)
+	bobRec.requireMessages(t, "alice", "m", n)
+	bobRec.mu.Lock()
+	require.GreaterOrEqual(t, len(bobRec.waiting), 2, "a count on each connection")
+	require.Equal(t, uint64(n), bobRec.waiting[0].Count)
+	last := bobRec.waiting[len(bobRec.waiting)-1]
+	require.Equal(t, uint64(n)-last.After, last.Count, "the second count starts where bob stopped")
+	bobRec.mu.Unlock()
+	require.GreaterOrEqual(t, bob.Stats().Pages, uint64(n/50))
+
+	require.Eventually(t, func() bool { return len(aliceRec.receiptsOf(client.Delivered)) == n }, 20*time.Second, 10*time.Millisecond,
+		"%d delivered receipts", len(aliceRec.receiptsOf(client.Delivered)))
+	requireOneReceiptEach(t, aliceRec.receiptsOf(client.Delivered), "bob", "m", n)
+	require.Equal(t, n, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_DELIVERED))
+}
