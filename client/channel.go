@@ -25,7 +25,8 @@ type channel struct {
 	// onWaiting is told the backlog after each Subscribed.
 	fetch     func(ch *channel, conn *connection, epoch, from, to uint64)
 	onWaiting func(Waiting)
-	progress  chan struct{} // signalled when handed moves
+	progress  chan struct{} // signalled when the handler finished a position
+	observe   bool          // never acknowledge (SubscribeOptions.Observe)
 
 	mu         sync.Mutex
 	saves      uint64   // items with a position enqueued for the handler
@@ -63,7 +64,7 @@ func newChannel(s *Session, name string, h Handler, opts SubscribeOptions) *chan
 	ch := &channel{
 		s: s, name: name, h: h, onGap: opts.OnGap, onShed: opts.OnShed, onError: opts.OnError, buf: map[uint64]Message{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-		onWaiting: opts.OnWaiting, progress: make(chan struct{}, 1),
+		onWaiting: opts.OnWaiting, progress: make(chan struct{}, 1), observe: opts.Observe,
 	}
 	if opts.Paged {
 		ch.fetch = (*channel).pullPages
@@ -379,7 +380,7 @@ func (ch *channel) deliver() {
 						// Not acknowledged either: the server's cursor must
 						// not run ahead of what a restart would resume from.
 						ch.s.c.log.Error("cannot save position", "channel", ch.name, "err", err)
-					} else {
+					} else if !ch.observe {
 						ch.s.ack(ch.name, *it.save)
 					}
 					ch.finished(*it.save, err == nil)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -72,6 +73,16 @@ func (c *Client) MarkRead(ctx context.Context, m ChatMessage) error {
 		return &pb.Frame{Body: &pb.Frame_ReceiptRead{ReceiptRead: &pb.ReceiptRead{RequestId: reqID, Epoch: m.Epoch, Seq: m.Seq}}}
 	})
 	return err
+}
+
+// User returns the user the server took this client to be (from its
+// token), waiting for a connection up to ctx.
+func (c *Client) User(ctx context.Context) (string, error) {
+	conn, err := c.current(ctx)
+	if err != nil {
+		return "", err
+	}
+	return conn.user, nil
 }
 
 func (c *Client) chatSession(name string) *Session {
@@ -167,6 +178,11 @@ type InboxOptions struct {
 	OnError func(error)
 	// Session is the business session. Empty: "chat".
 	Session string
+	// Since and Observe are as in SubscribeOptions: start after a seq when
+	// the PositionStore has no position; never acknowledge (a watcher that
+	// must not mark messages delivered).
+	Since   *uint64
+	Observe bool
 }
 
 // Inbox is the user's subscription to their own inbox.
@@ -196,7 +212,7 @@ func (c *Client) Inbox(ctx context.Context, opts InboxOptions) (*Inbox, error) {
 	}
 	ib := &Inbox{user: conn.user}
 	sub, err := c.chatSession(opts.Session).Subscribe(ctx, stream.InboxChannel(conn.user), SubscribeOptions{
-		OnGap: opts.OnGap, OnError: opts.OnError, OnWaiting: opts.OnWaiting, Paged: true,
+		OnGap: opts.OnGap, OnError: opts.OnError, OnWaiting: opts.OnWaiting, Paged: true, Since: opts.Since, Observe: opts.Observe,
 	}, func(m Message) error { return ib.handle(c, opts, m) })
 	if err != nil {
 		return nil, err
@@ -212,29 +228,45 @@ func (ib *Inbox) User() string { return ib.user }
 func (ib *Inbox) Close() { ib.sub.Close() }
 
 func (ib *Inbox) handle(c *Client, opts InboxOptions, m Message) error {
-	var rec pb.InboxRecord
-	if err := proto.Unmarshal(m.Data, &rec); err != nil {
+	e, err := DecodeInbox(ib.user, m)
+	switch {
+	case err != nil:
 		// Only the server writes inboxes: this is not a record of ours.
 		c.log.Warn("skipping an inbox message that is not a record", "channel", m.Channel, "seq", m.Seq, "err", err)
-		return nil
+	case e.Message != nil:
+		return opts.OnMessage(*e.Message)
+	case e.Sent != nil && opts.OnSent != nil:
+		return opts.OnSent(*e.Sent)
+	case e.Receipt != nil && opts.OnReceipt != nil:
+		return opts.OnReceipt(*e.Receipt)
+	}
+	return nil
+}
+
+// InboxEntry is one decoded record of an inbox: exactly one field is set.
+type InboxEntry struct {
+	Message *ChatMessage // from another user
+	Sent    *ChatMessage // a copy of one the owner sent
+	Receipt *Receipt     // of one the owner sent
+}
+
+// DecodeInbox decodes message m of user's inbox (from a Page, say).
+func DecodeInbox(user string, m Message) (InboxEntry, error) {
+	var rec pb.InboxRecord
+	if err := proto.Unmarshal(m.Data, &rec); err != nil {
+		return InboxEntry{}, fmt.Errorf("client: inbox record %d: %w", m.Seq, err)
 	}
 	switch rec.Kind {
 	case pb.InboxRecord_KIND_MESSAGE:
-		return opts.OnMessage(ChatMessage{From: rec.Peer, To: ib.user, ID: rec.Id, Data: rec.Data, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time})
+		return InboxEntry{Message: &ChatMessage{From: rec.Peer, To: user, ID: rec.Id, Data: rec.Data, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time}}, nil
 	case pb.InboxRecord_KIND_SENT:
-		if opts.OnSent != nil {
-			return opts.OnSent(ChatMessage{From: ib.user, To: rec.Peer, ID: rec.Id, Data: rec.Data, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time})
-		}
+		return InboxEntry{Sent: &ChatMessage{From: user, To: rec.Peer, ID: rec.Id, Data: rec.Data, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time}}, nil
 	case pb.InboxRecord_KIND_DELIVERED, pb.InboxRecord_KIND_READ:
-		if opts.OnReceipt != nil {
-			kind := Delivered
-			if rec.Kind == pb.InboxRecord_KIND_READ {
-				kind = Read
-			}
-			return opts.OnReceipt(Receipt{Kind: kind, Peer: rec.Peer, ID: rec.Id, PeerEpoch: rec.PeerEpoch, PeerSeq: rec.PeerSeq, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time})
+		kind := Delivered
+		if rec.Kind == pb.InboxRecord_KIND_READ {
+			kind = Read
 		}
-	default:
-		c.log.Warn("skipping an inbox record of an unknown kind", "channel", m.Channel, "seq", m.Seq, "kind", rec.Kind)
+		return InboxEntry{Receipt: &Receipt{Kind: kind, Peer: rec.Peer, ID: rec.Id, PeerEpoch: rec.PeerEpoch, PeerSeq: rec.PeerSeq, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time}}, nil
 	}
-	return nil
+	return InboxEntry{}, fmt.Errorf("client: inbox record %d of unknown kind %d", m.Seq, rec.Kind)
 }

@@ -51,7 +51,7 @@ func inboxPageSizes(w *pb.Welcome, d params) (page, maxPage int) {
 func (ch *channel) finished(pos Position, saved bool) {
 	ch.mu.Lock()
 	ch.savesDone++
-	if saved {
+	if saved && !ch.observe { // an observer's position never rides on a page
 		ch.handled = pos
 	}
 	ch.mu.Unlock()

@@ -290,6 +290,11 @@ type SubscribeOptions struct {
 	// instead of repair batches. Meant for a user's own channels, whose
 	// backlog is read once (docs/PROTOCOL.md §15.4).
 	Paged bool
+	// Observe hands messages over and saves positions without ever
+	// acknowledging them: the user's cursor on the server does not move
+	// (so no delivered receipt is issued). For watchers such as the CLI's
+	// send, which follows receipts in an inbox that another app reads.
+	Observe bool
 }
 
 // Subscription is an active subscription.
