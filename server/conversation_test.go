@@ -177,7 +177,7 @@ func TestChatOfflineCountsThenPagesDeliveredOnce(t *testing.T) {
 	bob := dial(t, ts, client.Config{Token: "bob"})
 	_, err = bob.Inbox(ctx, bobRec.options())
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(bobRec.messages()) == n }, 20*time.Second, 5*time.Millisecond, "got %d, stats %+v, waiting %+v", len(bobRec.messages()), bob.Stats(), bobRec.waiting)
+	require.Eventually(t, func() bool { return len(bobRec.messages()) == n }, 20*time.Second, 5*time.Millisecond)
 	bobRec.requireMessages(t, "alice", "m", n)
 	bobRec.mu.Lock()
 	require.Equal(t, "waiting", bobRec.order[0], "the count comes before the messages")
@@ -192,7 +192,7 @@ func TestChatOfflineCountsThenPagesDeliveredOnce(t *testing.T) {
 	alice = dial(t, ts, client.Config{Token: "alice", State: aliceState})
 	_, err = alice.Inbox(ctx, aliceRec.options())
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(aliceRec.receiptsOf(client.Delivered)) >= n }, 20*time.Second, 5*time.Millisecond, "got %d, stored %d", len(aliceRec.receiptsOf(client.Delivered)), storedRecords(t, ts, "alice", pb.InboxRecord_KIND_DELIVERED))
+	require.Eventually(t, func() bool { return len(aliceRec.receiptsOf(client.Delivered)) >= n }, 20*time.Second, 5*time.Millisecond)
 	requireOneReceiptEach(t, aliceRec.receiptsOf(client.Delivered), "bob", "m", n)
 	for _, rc := range aliceRec.receiptsOf(client.Delivered) {
 		require.Equal(t, sent[0].Epoch, rc.PeerEpoch)
