@@ -1,6 +1,6 @@
 // Command quicpush is the quicpush client CLI: it subscribes, publishes,
-// reads history and mints tokens, printing one JSON object per line on
-// stdout. Logs and
+// reads history, sends chat messages, reads inboxes and mints tokens,
+// printing one JSON object per line on stdout. Logs and
 // errors go to stderr. Exit status: 0 done, 1 failure (unreachable server,
 // refused, timed out, not all arrived), 2 bad usage.
 package main
