@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicpush/quicpush/stream"
 )
@@ -89,6 +90,14 @@ type Config struct {
 	Confirm ConfirmConfig
 	// Presence configures join/leave tracking and its merged updates.
 	Presence PresenceConfig
+	// InboxPageSize is the offline page size told to clients (Welcome), and
+	// InboxMaxPageSize the largest page an InboxPull may ask for (more gets
+	// BAD_PAGE_SIZE). Zero: 200 and 1000.
+	InboxPageSize    int
+	InboxMaxPageSize int
+	// WebTransport lets browsers connect on the same UDP port (ALPN h3, at
+	// WebTransportPath). Nil: browsers are refused.
+	WebTransport *WebTransportConfig
 	// CursorFlushInterval coalesces acknowledged cursors before they are
 	// written to the store. Zero: 1 s.
 	CursorFlushInterval time.Duration
@@ -142,6 +151,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PublishBurst <= 0 {
 		c.PublishBurst = max(1, 2*int(c.PublishRate))
 	}
+	if c.InboxPageSize <= 0 {
+		c.InboxPageSize = 200
+	}
+	if c.InboxMaxPageSize <= 0 {
+		c.InboxMaxPageSize = max(1000, c.InboxPageSize)
+	}
+	if c.InboxPageSize > c.InboxMaxPageSize {
+		return c, fmt.Errorf("server: InboxPageSize %d exceeds InboxMaxPageSize %d", c.InboxPageSize, c.InboxMaxPageSize)
+	}
 	if c.NotifyAbove == 0 {
 		c.NotifyAbove = 5000
 	}
@@ -174,6 +192,7 @@ type Server struct {
 	cursors  *cursorWriter
 	presence *presence
 	confirms *confirms
+	receipts *receipts
 	counters counters
 	metrics  *metrics
 
@@ -184,6 +203,7 @@ type Server struct {
 	listeners    map[*quic.EarlyListener]struct{}
 	transports   []*quic.Transport
 	conns        map[*conn]struct{}
+	web          *webServer // nil without Config.WebTransport
 	shuttingDown bool
 	closed       bool
 	wg           sync.WaitGroup // every goroutine the server started
@@ -205,6 +225,9 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
+	if cfg.WebTransport != nil {
+		s.web = newWebServer(s)
+	}
 	s.metrics = newMetrics(&s.counters, s.ConnCount)
 	if err := cfg.Registerer.Register(s.metrics); err != nil {
 		cancel()
@@ -217,6 +240,7 @@ func New(cfg Config) (*Server, error) {
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
 	s.confirms = newConfirms(cfg.Confirm, &s.metrics.confirm, s.cursors)
+	s.receipts = newReceipts(s)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -231,7 +255,7 @@ func (s *Server) quicConfig() *quic.Config {
 		MaxIdleTimeout:                   s.cfg.IdleTimeout,
 		Allow0RTT:                        true,
 		MaxIncomingStreams:               1000,
-		MaxIncomingUniStreams:            -1, // the protocol uses none
+		MaxIncomingUniStreams:            s.maxIncomingUniStreams(),
 		EnableDatagrams:                  true,
 		EnableStreamResetPartialDelivery: true,
 	}
@@ -240,6 +264,9 @@ func (s *Server) quicConfig() *quic.Config {
 func (s *Server) tlsConfig() *tls.Config {
 	t := s.cfg.TLSConfig.Clone()
 	t.NextProtos = []string{stream.ALPN}
+	if s.cfg.WebTransport != nil {
+		s.configureWebTLS(t)
+	}
 	if t.MinVersion < tls.VersionTLS13 {
 		t.MinVersion = tls.VersionTLS13
 	}
@@ -298,7 +325,11 @@ func (s *Server) acceptLoop(ln *quic.EarlyListener) {
 		}
 		// Never block here: quic-go queues only 32 finished handshakes.
 		s.metrics.connectionsAccepted.Add(1)
-		c := newConn(s, qc)
+		if qc.ConnectionState().TLS.NegotiatedProtocol == http3.NextProtoH3 {
+			s.serveHTTP3(qc)
+			continue
+		}
+		c := newConn(s, quicTransport{qc})
 		if !s.track(c) {
 			qc.CloseWithError(quic.ApplicationErrorCode(stream.ShuttingDown), "server shutting down")
 			continue
@@ -388,6 +419,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stopWatch()
 	s.cancel()
+	s.closeHTTP3()
 	s.wg.Wait()
 	s.presence.close()
 	s.confirms.close()

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/quicpush/quicpush/store"
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -27,6 +25,8 @@ type session struct {
 	outMu sync.Mutex // guards out; taken under a hub channel's lock
 	out   outbox
 
+	chat chatQueue // ChatSends awaiting the store
+
 	pubMu      sync.Mutex
 	pubCond    *sync.Cond // signalled when publishing ends
 	pubQueue   []*pb.Publish
@@ -34,7 +34,7 @@ type session struct {
 	publishing bool
 }
 
-func newSession(c *conn, st *quic.Stream, name string) *session {
+func newSession(c *conn, st bidiStream, name string) *session {
 	s := &session{c: c, name: name, subs: map[string]struct{}{},
 		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
 	s.pubCond = sync.NewCond(&s.pubMu)
@@ -42,7 +42,7 @@ func newSession(c *conn, st *quic.Stream, name string) *session {
 		if isStreamError(err) {
 			// The client reset or stopped this stream: end the session
 			// alone, by ending its reader too.
-			st.CancelRead(quic.StreamErrorCode(stream.NoError))
+			st.CancelRead(stream.NoError)
 			return
 		}
 		c.fail(err)
@@ -89,6 +89,14 @@ func (s *session) run(r *stream.Reader) error {
 			err = s.ack(b.Ack)
 		case *pb.Frame_Publish:
 			err = s.publish(b.Publish)
+		case *pb.Frame_ChatSend:
+			err = s.chatSend(b.ChatSend)
+		case *pb.Frame_ReceiptRead:
+			s.c.wg.Add(1)
+			go func() {
+				defer s.c.wg.Done()
+				s.receiptRead(b.ReceiptRead)
+			}()
 		case *pb.Frame_PresenceWatch:
 			err = s.watchPresence(b.PresenceWatch)
 		case *pb.Frame_PresenceUnwatch:
@@ -216,7 +224,7 @@ func (s *session) ack(a *pb.Ack) error {
 	}
 	s.c.s.metrics.acks.Add(1)
 	pos := store.Position{Epoch: a.Epoch, Seq: a.Seq}
-	s.c.s.cursors.set(s.c.user, a.Channel, pos)
+	s.c.s.acked(s.c.user, a.Channel, pos)
 	s.c.s.confirms.acked(s.c.user, a.Channel, pos)
 	return nil
 }
@@ -240,6 +248,9 @@ func (s *session) publish(p *pb.Publish) error {
 	if p.Critical && p.Class == pb.Class_CLASS_DROPPABLE {
 		return s.replyError(stream.Errorf(stream.BadRequest, "only reliable messages can be critical"), p.RequestId, p.Channel)
 	}
+	if _, inbox := stream.InboxOwner(p.Channel); inbox {
+		return s.refusePublish(p, stream.Errorf(stream.Forbidden, "%s is an inbox: only the server writes it (send a chat message instead)", p.Channel))
+	}
 	if e := s.checkConfirm(p); e != nil {
 		return s.refusePublish(p, e)
 	}
@@ -250,7 +261,7 @@ func (s *session) publish(p *pb.Publish) error {
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		// Like reliable ones, never fanned out from replayable 0-RTT data.
 		select {
-		case <-s.c.qc.HandshakeComplete():
+		case <-s.c.tr.HandshakeComplete():
 		case <-s.c.ctx.Done():
 			return nil
 		}
@@ -301,7 +312,7 @@ func (s *session) publishLoop() error {
 	// 0-RTT data can be replayed by an attacker: store nothing before the
 	// handshake has confirmed the client.
 	select {
-	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.tr.HandshakeComplete():
 	case <-s.c.ctx.Done():
 		s.stopPublishing()
 		return nil

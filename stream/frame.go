@@ -43,6 +43,9 @@ const (
 	// pushes as datagrams (with FeatureDatagrams) and on unidirectional
 	// streams the server opens, one Push each.
 	FeatureCriticalCopies uint64 = 1 << 2
+	// FeatureInbox: 1:1 chat (ChatSend, ReceiptRead) and offline pages
+	// (InboxCountRequest, InboxPull); Welcome carries the page sizes.
+	FeatureInbox uint64 = 1 << 3
 	// FeatureConfirmPresence: the server takes Publish.confirm and the
 	// presence frames (docs/PROTOCOL.md §16). A client must not send them
 	// to a server without it: an older server would ignore confirm and
@@ -50,7 +53,7 @@ const (
 	FeatureConfirmPresence uint64 = 1 << 4
 
 	// Features is every feature this implementation has.
-	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies | FeatureConfirmPresence
+	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies | FeatureInbox | FeatureConfirmPresence
 )
 
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.
