@@ -106,6 +106,7 @@ type confirmOut struct {
 type confirmMetrics struct {
 	complete, expired, dropped, refused atomic.Uint64
 	progressFrames, reportFrames        atomic.Uint64
+	frameBytes                          atomic.Uint64 // of both kinds, length prefixes included
 	tracked                             atomic.Int64 // acks skip the lock at zero
 }
 
@@ -297,6 +298,7 @@ func (cs *confirms) flush(sess *session, out *confirmOut) {
 	}
 	clear(out.dirty)
 	if len(b) > 0 {
+		cs.m.frameBytes.Add(uint64(len(b)))
 		sess.sendOrFail(b)
 	}
 }
@@ -332,12 +334,14 @@ func (cs *confirms) report(c *confirmation, final bool) {
 	sort.Strings(missing)
 	more := len(missing) - min(len(missing), confirmNames)
 	c.dirty = false // the report says all the progress does
-	c.key.sess.sendOrFail(mustFrame(&pb.Frame{Body: &pb.Frame_ConfirmReport{ConfirmReport: &pb.ConfirmReport{
+	b := mustFrame(&pb.Frame{Body: &pb.Frame_ConfirmReport{ConfirmReport: &pb.ConfirmReport{
 		RequestId: c.key.requestID, Channel: c.channel, Epoch: c.epoch, Seq: c.seq,
 		Confirmed: uint32(c.total - len(c.pending)), Total: uint32(c.total),
 		Missing: missing[:len(missing)-more], MissingMore: uint32(more), Final: final,
-	}}}))
+	}}})
 	cs.m.reportFrames.Add(1)
+	cs.m.frameBytes.Add(uint64(len(b)))
+	c.key.sess.sendOrFail(b)
 }
 
 // remove stops tracking c; cs.mu held.
@@ -437,6 +441,8 @@ var (
 		"Confirmations being tracked now.")
 	descConfirmFrames = desc("confirm_frames_total",
 		"Frames sent to publishers about confirmations, by type: progress (merged per interval) or report (missing recipients).", "type")
+	descConfirmBytes = desc("confirm_frame_bytes_total",
+		"Bytes of the confirmation frames sent to publishers (progress and reports, length prefixes included).")
 )
 
 func (m *confirmMetrics) collect(counter func(*prometheus.Desc, *atomic.Uint64, ...string), gauge func(*prometheus.Desc, int64, ...string)) {
@@ -447,4 +453,5 @@ func (m *confirmMetrics) collect(counter func(*prometheus.Desc, *atomic.Uint64, 
 	gauge(descConfirmTracked, int64(m.tracked.Load()))
 	counter(descConfirmFrames, &m.progressFrames, "progress")
 	counter(descConfirmFrames, &m.reportFrames, "report")
+	counter(descConfirmBytes, &m.frameBytes)
 }

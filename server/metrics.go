@@ -114,7 +114,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		descConnections, descConnectionsAccepted, descStreams, descPublishes, descPushes, descDrops, descAcks,
 		descRepairs, descRepairMessages, descPathChanges, descGoAways, descHeadNotices, descSlowConsumers, descRefreshes,
 		descCopies, descCopyBytes,
-		descConfirmations, descConfirmTracked, descConfirmFrames, descPresenceWatches, descPresenceUpdates, descPresenceChanges,
+		descConfirmations, descConfirmTracked, descConfirmFrames, descConfirmBytes, descPresenceWatches, descPresenceUpdates, descPresenceChanges,
 	} {
 		ch <- d
 	}
