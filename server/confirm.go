@@ -107,7 +107,7 @@ type confirmMetrics struct {
 	complete, expired, dropped, refused atomic.Uint64
 	progressFrames, reportFrames        atomic.Uint64
 	frameBytes                          atomic.Uint64 // of both kinds, length prefixes included
-	tracked                             atomic.Int64 // acks skip the lock at zero
+	tracked                             atomic.Int64  // acks skip the lock at zero
 }
 
 func newConfirms(cfg ConfirmConfig, m *confirmMetrics, cursors *cursorWriter) *confirms {
