@@ -3702,8 +3702,10 @@ var Connection = class _Connection {
   static async open(client, timeoutMs) {
     const o = client.opts;
     const wtOpts = {};
-    if (o.serverCertificateHashes?.length) {
-      wtOpts.serverCertificateHashes = o.serverCertificateHashes.map((h) => ({
+    let hashes = o.serverCertificateHashes;
+    if (typeof hashes === "function") hashes = await withTimeout(hashes(), timeoutMs, "getting the certificate hashes");
+    if (hashes?.length) {
+      wtOpts.serverCertificateHashes = hashes.map((h) => ({
         algorithm: "sha-256",
         value: typeof h === "string" ? decodeBase64(h) : h
       }));
@@ -4641,7 +4643,8 @@ var Client = class _Client extends EventTarget {
    * welcomed the client, or rejects with the error of that one attempt.
    * opts:
    *   token, or tokenSource: async () => token (asked for every hello and before expiry)
-   *   serverCertificateHashes: base64 strings or bytes (SHA-256 of the server's DER certificate)
+   *   serverCertificateHashes: base64 strings or bytes (SHA-256 of the server's DER certificate),
+   *     or an async function returning them, asked before every connection attempt (they rotate)
    *   state: a position store (default: localStorage where there is one, else memory)
    *   clientId, deviceId (default: random per client)
    *   dialTimeout (5000 ms), reconnectMin (100 ms), reconnectMax (10000 ms)

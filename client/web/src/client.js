@@ -109,7 +109,8 @@ export class Client extends EventTarget {
    * welcomed the client, or rejects with the error of that one attempt.
    * opts:
    *   token, or tokenSource: async () => token (asked for every hello and before expiry)
-   *   serverCertificateHashes: base64 strings or bytes (SHA-256 of the server's DER certificate)
+   *   serverCertificateHashes: base64 strings or bytes (SHA-256 of the server's DER certificate),
+   *     or an async function returning them, asked before every connection attempt (they rotate)
    *   state: a position store (default: localStorage where there is one, else memory)
    *   clientId, deviceId (default: random per client)
    *   dialTimeout (5000 ms), reconnectMin (100 ms), reconnectMax (10000 ms)

@@ -91,8 +91,10 @@ export class Connection {
   static async open(client, timeoutMs) {
     const o = client.opts;
     const wtOpts = {};
-    if (o.serverCertificateHashes?.length) {
-      wtOpts.serverCertificateHashes = o.serverCertificateHashes.map((h) => ({
+    let hashes = o.serverCertificateHashes;
+    if (typeof hashes === "function") hashes = await withTimeout(hashes(), timeoutMs, "getting the certificate hashes");
+    if (hashes?.length) {
+      wtOpts.serverCertificateHashes = hashes.map((h) => ({
         algorithm: "sha-256",
         value: typeof h === "string" ? decodeBase64(h) : h,
       }));
