@@ -132,6 +132,13 @@ func createLeaf(certFile, keyFile string, ca *x509.Certificate, caKey crypto.Sig
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
+	addHosts(tmpl, hosts)
+	_, err = writeCertAndKey(certFile, keyFile, tmpl, ca, key, caKey)
+	return err
+}
+
+// addHosts puts hosts into tmpl's subject alternative names.
+func addHosts(tmpl *x509.Certificate, hosts []string) {
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -139,8 +146,6 @@ func createLeaf(certFile, keyFile string, ca *x509.Certificate, caKey crypto.Sig
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	_, err = writeCertAndKey(certFile, keyFile, tmpl, ca, key, caKey)
-	return err
 }
 
 // writeCertAndKey signs tmpl with parentKey and writes the certificate and

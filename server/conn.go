@@ -30,7 +30,7 @@ const (
 // and its repair streams.
 type conn struct {
 	s      *Server
-	qc     *quic.Conn
+	tr     transport
 	id     string
 	log    *slog.Logger
 	ctx    context.Context
@@ -62,14 +62,14 @@ type conn struct {
 	sessions map[*session]struct{}
 }
 
-func newConn(s *Server, qc *quic.Conn) *conn {
+func newConn(s *Server, tr transport) *conn {
 	var b [8]byte
 	rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
 	ctx, cancel := context.WithCancel(s.ctx)
 	return &conn{
-		s: s, qc: qc, id: id, ctx: ctx, cancel: cancel,
-		log:      s.log.With("conn", id, "remote", qc.RemoteAddr().String()),
+		s: s, tr: tr, id: id, ctx: ctx, cancel: cancel,
+		log:      s.log.With("conn", id, "remote", tr.RemoteAddr().String()),
 		budget:   stream.NewBudget(int64(s.cfg.SendQueueBytes)),
 		sessions: map[*session]struct{}{},
 	}
@@ -88,11 +88,6 @@ func (c *conn) serve() {
 		}
 		c.mu.Unlock()
 	}()
-	if tls := c.qc.ConnectionState().TLS; tls.NegotiatedProtocol != stream.ALPN {
-		// The dispatch point for other protocols (WebTransport over h3).
-		c.closeWith(stream.ProtocolViolation, "unsupported application protocol "+tls.NegotiatedProtocol)
-		return
-	}
 	r, err := c.handshake()
 	if err != nil {
 		c.fail(err)
@@ -112,7 +107,7 @@ func (c *conn) serve() {
 func (c *conn) handshake() (*stream.Reader, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.HelloTimeout)
 	defer cancel()
-	st, err := c.qc.AcceptStream(ctx)
+	st, err := c.tr.AcceptStream(ctx)
 	if err != nil {
 		if ctx.Err() != nil && c.ctx.Err() == nil {
 			return nil, stream.Errorf(stream.HelloTimeout, "no control stream within %v", c.s.cfg.HelloTimeout)
@@ -137,7 +132,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if hello.Version != stream.Version {
 		return nil, stream.Errorf(stream.VersionUnsupported, "protocol version %d not supported, this server speaks %d", hello.Version, stream.Version)
 	}
-	c.hello = HelloEvent{Token: hello.Token, ClientID: hello.ClientId, DeviceID: hello.DeviceId, RemoteAddr: c.qc.RemoteAddr()}
+	c.hello = HelloEvent{Token: hello.Token, ClientID: hello.ClientId, DeviceID: hello.DeviceId, RemoteAddr: c.tr.RemoteAddr()}
 	reply, err := c.authenticate(ctx, c.hello)
 	if err != nil {
 		return nil, err
@@ -152,7 +147,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	c.control.Store(control)
 	cfg := &c.s.cfg
 	c.features = hello.Features & stream.Features
-	if dg := c.qc.ConnectionState().SupportsDatagrams; !dg.Remote || !dg.Local {
+	if !c.tr.DatagramsSupported() {
 		c.features &^= stream.FeatureDatagrams
 	}
 	if cfg.PublishRate > 0 {
@@ -170,7 +165,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.remote = c.qc.RemoteAddr().String()
+	c.remote = c.tr.RemoteAddr().String()
 	c.log.Debug("client connected")
 	return r, nil
 }
@@ -333,7 +328,7 @@ func (c *conn) writeDatagrams() {
 		case <-c.ctx.Done():
 			return
 		case d := <-c.dgrams:
-			err := c.qc.SendDatagram(d.body)
+			err := c.tr.SendDatagram(d.body)
 			var tooLarge *quic.DatagramTooLargeError
 			switch {
 			case err == nil && d.critical:
@@ -386,7 +381,7 @@ const maxPathChanges = 2
 // asked to reconnect soon, while it still can.
 func (c *conn) checkPath(clientCount int) {
 	before := c.pathChanges
-	if addr := c.qc.RemoteAddr().String(); addr != c.remote {
+	if addr := c.tr.RemoteAddr().String(); addr != c.remote {
 		c.pathChanges++
 		c.log.Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
 		c.remote = addr
@@ -403,7 +398,7 @@ func (c *conn) checkPath(clientCount int) {
 
 func (c *conn) acceptStreams() {
 	for {
-		st, err := c.qc.AcceptStream(c.ctx)
+		st, err := c.tr.AcceptStream(c.ctx)
 		if err != nil {
 			return
 		}
@@ -412,7 +407,7 @@ func (c *conn) acceptStreams() {
 			defer c.wg.Done()
 			if err := c.serveStream(st); isStreamError(err) {
 				// The client reset this stream: it ends alone.
-				st.CancelWrite(quic.StreamErrorCode(stream.NoError))
+				st.CancelWrite(stream.NoError)
 			} else {
 				c.fail(err)
 			}
@@ -421,7 +416,7 @@ func (c *conn) acceptStreams() {
 }
 
 // serveStream dispatches a client-opened stream on its first frame.
-func (c *conn) serveStream(st *quic.Stream) error {
+func (c *conn) serveStream(st bidiStream) error {
 	r := stream.NewReader(st, 0)
 	f, err := r.ReadFrame()
 	if err != nil {
@@ -447,7 +442,7 @@ func (c *conn) serveStream(st *quic.Stream) error {
 	}
 }
 
-func (c *conn) openSession(st *quic.Stream, name string) *session {
+func (c *conn) openSession(st bidiStream, name string) *session {
 	st.SetPriority(urgencySession, true)
 	sess := newSession(c, st, name)
 	if p, ok := c.s.cfg.Sessions[name]; ok {
@@ -500,7 +495,7 @@ func (c *conn) fail(err error) {
 func (c *conn) onSendError(err error) { c.fail(err) }
 
 func (c *conn) closeWith(code stream.ErrCode, msg string) {
-	c.qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
+	c.tr.CloseWithError(code, msg)
 }
 
 func (c *conn) close(code stream.ErrCode, msg string) { c.closeWith(code, msg) }
@@ -519,11 +514,6 @@ func (c *conn) goAway(code stream.ErrCode, after time.Duration, msg string) {
 }
 
 func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
-
-func isStreamError(err error) bool {
-	var se *quic.StreamError
-	return errors.As(err, &se)
-}
 
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }

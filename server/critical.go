@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
 	"github.com/quicpush/quicpush/stream"
@@ -83,7 +82,7 @@ func (c *conn) wantsCopies() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if now := time.Now(); now.Sub(r.sampledAt) >= lossSample {
-		st := c.qc.ConnectionStats()
+		st := c.tr.ConnectionStats()
 		if sent := st.PacketsSent - r.sent; sent > 0 {
 			loss := float64(st.PacketsLost-r.lost) / float64(sent)
 			switch {
@@ -126,14 +125,14 @@ const maxDatagramGuess = 1100
 // copyOnStream sends a copy on a unidirectional stream of its own, ahead of
 // everything else.
 func (c *conn) copyOnStream(frame []byte) {
-	st, err := c.qc.OpenUniStream()
+	st, err := c.tr.OpenCopyStream()
 	if err != nil {
 		c.s.counters.copiesFailed.Add(1)
 		return
 	}
 	st.SetPriority(urgencyControl, false)
 	if err := st.TryWriteAll(frame); err != nil {
-		st.CancelWrite(quic.StreamErrorCode(stream.NoError))
+		st.CancelWrite(stream.NoError)
 		c.s.counters.copiesFailed.Add(1)
 		return
 	}

@@ -3,8 +3,6 @@ package server
 import (
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
@@ -16,12 +14,12 @@ const repairPage = 256
 // current epoch holds: a history read) from the store and closes the
 // stream. It runs on the stream's own goroutine and writes at the lowest
 // priority, so a large repair never delays live pushes.
-func (c *conn) serveRepair(st *quic.Stream, req *pb.RepairRequest) error {
+func (c *conn) serveRepair(st bidiStream, req *pb.RepairRequest) error {
 	start := time.Now()
 	c.s.metrics.repairStreams.Add(1)
 	defer c.s.metrics.repairStreams.Add(-1)
 	st.SetPriority(urgencyRepair, false)
-	st.CancelRead(quic.StreamErrorCode(stream.NoError)) // nothing more is read
+	st.CancelRead(stream.NoError) // nothing more is read
 	defer st.Close()
 	fail := func(e *stream.Error) error {
 		c.s.metrics.repairsRefused.Add(1)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicpush/quicpush/stream"
 )
@@ -85,6 +86,9 @@ type Config struct {
 	Sessions map[string]SessionParams
 	// Critical configures redundant delivery of critical messages.
 	Critical CriticalConfig
+	// WebTransport lets browsers connect on the same UDP port (ALPN h3, at
+	// WebTransportPath). Nil: browsers are refused.
+	WebTransport *WebTransportConfig
 	// CursorFlushInterval coalesces acknowledged cursors before they are
 	// written to the store. Zero: 1 s.
 	CursorFlushInterval time.Duration
@@ -176,6 +180,7 @@ type Server struct {
 	listeners    map[*quic.EarlyListener]struct{}
 	transports   []*quic.Transport
 	conns        map[*conn]struct{}
+	web          *webServer // nil without Config.WebTransport
 	shuttingDown bool
 	closed       bool
 	wg           sync.WaitGroup // every goroutine the server started
@@ -196,6 +201,9 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
+	}
+	if cfg.WebTransport != nil {
+		s.web = newWebServer(s)
 	}
 	s.metrics = newMetrics(&s.counters, s.ConnCount)
 	if err := cfg.Registerer.Register(s.metrics); err != nil {
@@ -220,7 +228,7 @@ func (s *Server) quicConfig() *quic.Config {
 		MaxIdleTimeout:                   s.cfg.IdleTimeout,
 		Allow0RTT:                        true,
 		MaxIncomingStreams:               1000,
-		MaxIncomingUniStreams:            -1, // the protocol uses none
+		MaxIncomingUniStreams:            s.maxIncomingUniStreams(),
 		EnableDatagrams:                  true,
 		EnableStreamResetPartialDelivery: true,
 	}
@@ -229,6 +237,9 @@ func (s *Server) quicConfig() *quic.Config {
 func (s *Server) tlsConfig() *tls.Config {
 	t := s.cfg.TLSConfig.Clone()
 	t.NextProtos = []string{stream.ALPN}
+	if s.cfg.WebTransport != nil {
+		s.configureWebTLS(t)
+	}
 	if t.MinVersion < tls.VersionTLS13 {
 		t.MinVersion = tls.VersionTLS13
 	}
@@ -287,7 +298,11 @@ func (s *Server) acceptLoop(ln *quic.EarlyListener) {
 		}
 		// Never block here: quic-go queues only 32 finished handshakes.
 		s.metrics.connectionsAccepted.Add(1)
-		c := newConn(s, qc)
+		if qc.ConnectionState().TLS.NegotiatedProtocol == http3.NextProtoH3 {
+			s.serveHTTP3(qc)
+			continue
+		}
+		c := newConn(s, quicTransport{qc})
 		if !s.track(c) {
 			qc.CloseWithError(quic.ApplicationErrorCode(stream.ShuttingDown), "server shutting down")
 			continue
@@ -377,6 +392,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stopWatch()
 	s.cancel()
+	s.closeHTTP3()
 	s.wg.Wait()
 	s.cursors.flush(context.Background())
 	for _, tr := range s.transports {

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/quicpush/quicpush/store"
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -34,7 +32,7 @@ type session struct {
 	publishing bool
 }
 
-func newSession(c *conn, st *quic.Stream, name string) *session {
+func newSession(c *conn, st bidiStream, name string) *session {
 	s := &session{c: c, name: name, subs: map[string]struct{}{},
 		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
 	s.pubCond = sync.NewCond(&s.pubMu)
@@ -42,7 +40,7 @@ func newSession(c *conn, st *quic.Stream, name string) *session {
 		if isStreamError(err) {
 			// The client reset or stopped this stream: end the session
 			// alone, by ending its reader too.
-			st.CancelRead(quic.StreamErrorCode(stream.NoError))
+			st.CancelRead(stream.NoError)
 			return
 		}
 		c.fail(err)
@@ -229,7 +227,7 @@ func (s *session) publish(p *pb.Publish) error {
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		// Like reliable ones, never fanned out from replayable 0-RTT data.
 		select {
-		case <-s.c.qc.HandshakeComplete():
+		case <-s.c.tr.HandshakeComplete():
 		case <-s.c.ctx.Done():
 			return nil
 		}
@@ -275,7 +273,7 @@ func (s *session) publishLoop() error {
 	// 0-RTT data can be replayed by an attacker: store nothing before the
 	// handshake has confirmed the client.
 	select {
-	case <-s.c.qc.HandshakeComplete():
+	case <-s.c.tr.HandshakeComplete():
 	case <-s.c.ctx.Done():
 		s.stopPublishing()
 		return nil

@@ -51,7 +51,7 @@ func TestPrintConfig(t *testing.T) {
 	require.Equal(t, map[string]any{
 		"listen": "127.0.0.1:5000", "admin": "127.0.0.1:9000", "data": data, "cert": "", "key": "",
 		"log-level": "debug", "log-format": "text", "heartbeat": "5s",
-		"jwt-secret-file": secret, "jwt-public-key": "", "room-publisher-roles": []any{"teacher", "tutor"}, "api-key-file": "",
+		"jwt-secret-file": secret, "jwt-public-key": "", "room-publisher-roles": []any{"teacher", "tutor"}, "api-key-file": "", "web-origin": []any{},
 	}, got)
 	require.NotContains(t, out, "do-not-print-this-secret")
 	require.NoDirExists(t, data, "--print-config starts nothing")

@@ -28,6 +28,8 @@ type flags struct {
 	LogFormat string        `default:"text" enum:"text,json" env:"QUICPUSH_LOG_FORMAT" help:"Log format on stderr: text or json."`
 	Heartbeat time.Duration `default:"15s" env:"QUICPUSH_HEARTBEAT" placeholder:"D" help:"How often clients send a heartbeat (idle connections close after 3x): shorter notices dead paths and restarted servers sooner, longer saves phone batteries; 15 s keeps most NAT mappings alive (default: ${default})."`
 
+	WebOrigins []string `name:"web-origin" env:"QUICPUSH_WEB_ORIGIN" placeholder:"ORIGIN" help:"Web pages allowed to connect over WebTransport, as browsers send them in the Origin header (e.g. https://class.example.com; * allows any). Default: the admin server's own origin, where the demo classroom is served."`
+
 	JWTSecretFile      string   `name:"jwt-secret-file" xor:"jwt" env:"QUICPUSH_JWT_SECRET_FILE" placeholder:"FILE" help:"Accept only clients whose token is a JWT signed with HS256 and the secret in FILE (at least 32 bytes; trailing white space is ignored). Without this or --jwt-public-key: dev mode, any client is accepted and its token is its user name."`
 	JWTPublicKey       string   `name:"jwt-public-key" xor:"jwt" env:"QUICPUSH_JWT_PUBLIC_KEY" placeholder:"FILE" help:"Accept only clients whose token is a JWT signed with EdDSA (or RS256) and verified by the PEM public key in FILE."`
 	RoomPublisherRoles []string `name:"room-publisher-roles" default:"teacher,admin" env:"QUICPUSH_ROOM_PUBLISHER_ROLES" placeholder:"ROLE" help:"With a JWT flag: the token roles that may publish reliable messages to room/** channels (default: ${default})."`
@@ -128,6 +130,9 @@ func printConfig(w io.Writer, kctx *kong.Context) error {
 		v := kctx.FlagValue(fl)
 		if d, ok := v.(time.Duration); ok {
 			v = d.String() // as a person writes it, not nanoseconds
+		}
+		if l, ok := v.([]string); ok && l == nil {
+			v = []string{} // a list, even when empty
 		}
 		settings[fl.Name] = v
 	}

@@ -147,6 +147,10 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 		return err
 	}
 	tlsConf := &tls.Config{GetCertificate: cert.GetCertificate}
+	browsers, err := newWebAccess(f, adminLn.Addr())
+	if err != nil {
+		return err
+	}
 	keys, err := certs.LoadOrCreateKeys(f.Data)
 	if err != nil {
 		return fmt.Errorf("cannot load the server keys: %w", err)
@@ -163,6 +167,7 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 		Logger:            log,
 		Registerer:        reg,
 		Heartbeat:         f.Heartbeat,
+		WebTransport:      browsers.serverConfig(),
 		StatelessResetKey: (*quic.StatelessResetKey)(&keys.StatelessResetKey),
 		TokenGeneratorKey: (*quic.TokenGeneratorKey)(&keys.TokenGeneratorKey),
 	}
