@@ -2,10 +2,15 @@ package webtest
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/quicpush/quicpush/client"
+	"github.com/quicpush/quicpush/server"
 )
 
 // A page receives 1000 reliable messages over 3 channels on 2 sessions:
@@ -35,4 +40,135 @@ func TestBrowserReceivesEveryMessageOnce(t *testing.T) {
 	}
 	require.Empty(t, eval[[]string](t, page, "h.problems"))
 	t.Logf("received %v; stats %v", counts, eval[map[string]any](t, page, "h.client.getStats()"))
+}
+
+// A hole made on the server side (the store reports the messages, the
+// server never pushes them live) is found by the page and repaired from
+// the store: every message once, in order, the missing ones by repair.
+func TestBrowserRepairsServerSideHoles(t *testing.T) {
+	e := newEnv(t)
+	e.store.skipSeqs("room/h", 5, 17, 18)
+	page := e.harness(t, browser(t))
+	eval[map[string]any](t, page, `h.start({user: "bob", subs: [{session: "classroom", channel: "room/h"}]})`)
+	const n = 30
+	for i := 1; i <= n; i++ {
+		e.publish(t, "room/h", fmt.Sprintf("room/h #%d", i))
+	}
+	waitFor(t, page, `(h.got["room/h"]?.length ?? 0) >= 30`, 30*time.Second)
+	rs := got(t, page, "room/h")
+	requireExactly(t, seqsOf(rs), n, "room/h")
+	for _, r := range rs {
+		require.Equal(t, fmt.Sprintf("room/h #%d", r.Seq), r.Text)
+		if r.Seq == 5 || r.Seq == 17 || r.Seq == 18 {
+			require.True(t, r.Repaired, "seq %d was never pushed live: it must come by repair", r.Seq)
+		}
+	}
+	stats := eval[map[string]float64](t, page, "(({state, ...s}) => s)(h.client.getStats())")
+	require.GreaterOrEqual(t, stats["repaired"], 3.0)
+	require.Empty(t, eval[[]string](t, page, "h.problems"))
+	t.Logf("stats %v", stats)
+}
+
+// A page reloaded while messages flow resumes from the positions it
+// persisted (localStorage): what the handlers recorded before and after
+// the reload is every message exactly once, in order.
+func TestBrowserReloadResumesWithoutDuplicates(t *testing.T) {
+	e := newEnv(t)
+	page := e.harness(t, browser(t))
+	start := `h.start({user: "carol", persist: true, subs: [{session: "classroom", channel: "room/r"}]})`
+	eval[map[string]any](t, page, start)
+
+	const n = 300
+	published := make(chan error, 1)
+	go func() {
+		for i := 1; i <= n; i++ {
+			if _, err := e.srv.Publish(t.Context(), "teacher", []server.PublishRequest{{Channel: "room/r", Data: fmt.Appendf(nil, "room/r #%d", i)}}); err != nil {
+				published <- err
+				return
+			}
+		}
+		published <- nil
+	}()
+	waitFor(t, page, `h.log("room/r").length >= 100`, 30*time.Second)
+	require.NoError(t, chromedp.Do(page, chromedp.Reload()))
+	waitFor(t, page, "window.harnessReady === true", 10*time.Second)
+	before := eval[[]uint64](t, page, `h.log("room/r")`)
+	require.Less(t, len(before), n, "the reload must come while messages still flow")
+	eval[map[string]any](t, page, start)
+	require.NoError(t, <-published)
+
+	waitFor(t, page, `h.log("room/r").length >= 300`, 30*time.Second)
+	requireExactly(t, eval[[]uint64](t, page, `h.log("room/r")`), n, "room/r across the reload")
+	after := got(t, page, "room/r")
+	require.NotEmpty(t, after)
+	require.Greater(t, after[0].Seq, uint64(1), "the reloaded page resumed, it did not start over")
+	for _, r := range after {
+		require.Equal(t, fmt.Sprintf("room/r #%d", r.Seq), r.Text)
+	}
+	require.Empty(t, eval[[]string](t, page, "h.problems"))
+	t.Logf("handled %d before the reload, %d after (from seq %d)", len(before), len(after), after[0].Seq)
+}
+
+// A Go subscriber (native QUIC, client package) and a browser subscriber
+// (WebTransport) on the same channel see identical sequences, published by
+// four concurrent Go publishers, with a hole both must repair.
+func TestGoAndBrowserSubscribersSeeTheSameSequence(t *testing.T) {
+	e := newEnv(t)
+	e.store.skipSeqs("room/d", 50, 51, 300)
+	page := e.harness(t, browser(t))
+	eval[map[string]any](t, page, `h.start({user: "dave", subs: [{session: "classroom", channel: "room/d"}]})`)
+
+	var mu sync.Mutex
+	var native []received
+	sub := e.dial(t, "erin")
+	zero := uint64(0)
+	_, err := sub.Session("classroom").Subscribe(t.Context(), "room/d", client.SubscribeOptions{Since: &zero}, func(m client.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		native = append(native, received{Seq: m.Seq, Text: string(m.Data), Repaired: m.Repaired})
+		return nil
+	})
+	require.NoError(t, err)
+
+	const publishers, each = 4, 100
+	pub := e.dial(t, "teacher").Session("classroom")
+	var wg sync.WaitGroup
+	errs := make(chan error, publishers)
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := pub.Publish(t.Context(), "room/d", fmt.Appendf(nil, "publisher %d message %d", p, i), client.PublishOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	const n = publishers * each
+	waitFor(t, page, `(h.got["room/d"]?.length ?? 0) >= 400`, 30*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		done := len(native) >= n
+		mu.Unlock()
+		if done {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "the Go subscriber did not get %d messages", n)
+		time.Sleep(20 * time.Millisecond)
+	}
+	browser := got(t, page, "room/d")
+	mu.Lock()
+	defer mu.Unlock()
+	requireExactly(t, seqsOf(native), n, "Go subscriber")
+	requireExactly(t, seqsOf(browser), n, "browser subscriber")
+	for i := range browser {
+		require.Equal(t, native[i].Text, browser[i].Text, "seq %d", i+1)
+	}
+	require.Empty(t, eval[[]string](t, page, "h.problems"))
 }
