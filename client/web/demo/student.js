@@ -75,7 +75,7 @@ function flyBubble(text, from) {
   const strip = $("strip");
   const b = el("span", { class: "bubble" }, el("i", {}, from), text);
   b.style.left = `${strip.clientWidth + 10}px`;
-  b.style.top = `${30 + (lane++ % 3) * 20}px`;
+  b.style.top = `${30 + (lane++ % 3) * 28}px`;
   strip.append(b);
   b.addEventListener("animationend", () => b.remove());
 }

@@ -3848,7 +3848,8 @@ var Connection = class _Connection {
         }
         this.deliverOutOfBand(p);
       }
-    } catch {
+    } catch (err) {
+      if (this.alive()) this.c.log("error", "reading datagrams failed", { err });
     }
   }
   /** readCopies takes copies of critical pushes on unidirectional streams the server opened, one Push each. */
@@ -4007,7 +4008,7 @@ var Channel = class {
     if (this.closed) return false;
     const limit = this.c.opts.bufferLimit;
     if (p.class === Class.DROPPABLE) {
-      this.c.stats.droppable(p.channel, Number(p.droppableSeq));
+      this.c.stats.droppableSeen(p.channel, Number(p.droppableSeq));
       if (this.ready.length >= limit) return false;
       this.enqueue({ msg: new Message(p, repaired) });
       return true;
@@ -4578,15 +4579,14 @@ var Stats = class {
     this.connects = 0;
     this.dseq = /* @__PURE__ */ new Map();
   }
+  /** delivered counts a message its handler took. */
   delivered(m) {
-    if (m.droppable) this.droppableDelivered();
-    else {
+    if (m.droppable) {
+      this.droppable++;
+    } else {
       this.reliable++;
       if (m.repaired) this.repaired++;
     }
-  }
-  droppableDelivered() {
-    this.droppable++;
   }
   /** droppableBase starts (or restarts) counting a channel's droppables after a Subscribed. */
   droppableBase(channel, seq) {
@@ -4599,7 +4599,8 @@ var Stats = class {
     if (seq > e.highest) e.lost += seq - e.highest;
     Object.assign(e, { base: seq, highest: seq, seen: 0 });
   }
-  droppable(channel, seq) {
+  /** droppableSeen counts a droppable's number as it arrives (before the handler). */
+  droppableSeen(channel, seq) {
     const e = this.dseq.get(channel);
     if (e && seq > e.base) {
       e.seen++;

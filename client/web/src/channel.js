@@ -122,7 +122,7 @@ export class Channel {
     const limit = this.c.opts.bufferLimit;
     if (p.class === Class.DROPPABLE) {
       // Never repaired and never waited for: a hole in droppable_seq is only counted.
-      this.c.stats.droppable(p.channel, Number(p.droppableSeq));
+      this.c.stats.droppableSeen(p.channel, Number(p.droppableSeq));
       if (this.ready.length >= limit) return false; // the handler is behind: thinned here too
       this.enqueue({ msg: new Message(p, repaired) });
       return true;

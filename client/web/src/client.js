@@ -14,7 +14,7 @@ const stableAfter = 10000; // a connection this old resets the backoff
 const closeGrace = 1000; // how long close waits for the server to take the last acks
 
 /** Stats counts what the client handed over, repaired, and lost, since it started. */
-class Stats {
+export class Stats {
   constructor() {
     this.reliable = 0; // reliable messages handed to handlers
     this.repaired = 0; // of which came by repair
@@ -28,16 +28,14 @@ class Stats {
     this.dseq = new Map(); // channel -> droppable counter bookkeeping
   }
 
+  /** delivered counts a message its handler took. */
   delivered(m) {
-    if (m.droppable) this.droppableDelivered();
-    else {
+    if (m.droppable) {
+      this.droppable++;
+    } else {
       this.reliable++;
       if (m.repaired) this.repaired++;
     }
-  }
-
-  droppableDelivered() {
-    this.droppable++;
   }
 
   /** droppableBase starts (or restarts) counting a channel's droppables after a Subscribed. */
@@ -54,7 +52,8 @@ class Stats {
     Object.assign(e, { base: seq, highest: seq, seen: 0 });
   }
 
-  droppable(channel, seq) {
+  /** droppableSeen counts a droppable's number as it arrives (before the handler). */
+  droppableSeen(channel, seq) {
     const e = this.dseq.get(channel);
     if (e && seq > e.base) {
       e.seen++;

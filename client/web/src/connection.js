@@ -243,8 +243,8 @@ export class Connection {
         }
         this.deliverOutOfBand(p);
       }
-    } catch {
-      // the session ended
+    } catch (err) {
+      if (this.alive()) this.c.log("error", "reading datagrams failed", { err });
     }
   }
 

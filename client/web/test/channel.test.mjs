@@ -13,7 +13,7 @@ function harness(handler = () => {}) {
   const repairs = [];
   const acks = [];
   const got = [];
-  const stats = { duplicates: 0, gaps: 0, droppableShed: 0, copiesFirst: 0, copiesWasted: 0, seen: [], droppableBase() {}, droppable(c, s) { this.seen.push(s); }, delivered() {} };
+  const stats = { duplicates: 0, gaps: 0, droppableShed: 0, copiesFirst: 0, copiesWasted: 0, seen: [], droppableBase() {}, droppableSeen(c, s) { this.seen.push(s); }, delivered() {} };
   const c = { opts: { bufferLimit: 10000 }, stats, state: new MemoryStore(), log() {}, url: "u", user: "alice" };
   const s = { c, name: "classroom", repair: (conn, ch, epoch, from, to) => repairs.push({ epoch, from, to }), ack: (name, pos) => acks.push(pos), stop() {} };
   const gaps = [];

@@ -172,3 +172,36 @@ func TestGoAndBrowserSubscribersSeeTheSameSequence(t *testing.T) {
 	}
 	require.Empty(t, eval[[]string](t, page, "h.problems"))
 }
+
+// Droppable messages reach the page as datagrams, beside reliable ones on
+// the session stream; every numbered droppable is either handed over or
+// counted as missing, and the reliable ones are all there, in order.
+func TestBrowserTakesDroppablesAsDatagrams(t *testing.T) {
+	e := newEnv(t)
+	page := e.harness(t, browser(t))
+	features := eval[string](t, page, `h.start({user: "frank", subs: [{session: "classroom", channel: "room/x"}]}).then(() => String(h.client.cur.features))`)
+	require.Equal(t, "7", features, "the server enables every feature the page announced")
+	pub := e.dial(t, "teacher").Session("classroom")
+	const n = 40
+	for i := 1; i <= n; i++ {
+		_, err := pub.Publish(t.Context(), "room/x", fmt.Appendf(nil, "cheer %d", i), client.PublishOptions{Droppable: true})
+		require.NoError(t, err)
+		if i%4 == 0 {
+			_, err := pub.Publish(t.Context(), "room/x", fmt.Appendf(nil, "room/x #%d", i/4), client.PublishOptions{})
+			require.NoError(t, err)
+		}
+	}
+	waitFor(t, page, `(({droppable, droppableMissing}) => droppable + droppableMissing >= 40)(h.client.getStats()) && h.got["room/x"]?.filter(([seq]) => seq > 0).length >= 10`, 20*time.Second)
+	stats := eval[map[string]float64](t, page, "(({state, ...s}) => s)(h.client.getStats())")
+	require.Equal(t, float64(n), stats["droppable"]+stats["droppableMissing"], "every droppable handed over or counted missing: %v", stats)
+	require.Greater(t, e.srv.Stats().DatagramsSent, uint64(0), "droppables went as datagrams")
+	var reliable []uint64
+	for _, r := range got(t, page, "room/x") {
+		if r.Seq > 0 {
+			reliable = append(reliable, r.Seq)
+		}
+	}
+	requireExactly(t, reliable, n/4, "room/x reliable")
+	require.Empty(t, eval[[]string](t, page, "h.problems"))
+	t.Logf("stats %v; server %+v", stats, e.srv.Stats())
+}

@@ -200,7 +200,7 @@ func tab(t *testing.T, b context.Context, url string) context.Context {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(b)
 	t.Cleanup(cancel)
-	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1100, 720)))
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1100, 760)))
 	require.NoError(t, chromedp.Listen(ctx, func(ev any) {
 		switch e := ev.(type) {
 		case *runtime.EventConsoleAPICalled:
