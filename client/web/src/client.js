@@ -179,8 +179,10 @@ export class Client extends EventTarget {
     return await this.opts.tokenSource();
   }
 
+  /** emitState tells of a change of the connection state (not of the same state again). */
   emitState(state, reason = "") {
-    if (this.connState === "closed") return;
+    if (this.connState === "closed" || (this.connState === state && this.stateEmitted)) return;
+    this.stateEmitted = true;
     this.connState = state;
     this.opts.onState?.(state, reason);
     this.dispatchEvent(new CustomEvent("state", { detail: { state, reason } }));

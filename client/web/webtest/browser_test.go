@@ -205,3 +205,39 @@ func TestBrowserTakesDroppablesAsDatagrams(t *testing.T) {
 	require.Empty(t, eval[[]string](t, page, "h.problems"))
 	t.Logf("stats %v; server %+v", stats, e.srv.Stats())
 }
+
+// A server that shuts down sends GOAWAY; the page says goodbye, reconnects
+// with backoff to the server started again on the same port (same store),
+// resubscribes from its positions and pulls what it missed: every message
+// once, in order, over two connections.
+func TestBrowserResumesAfterServerRestart(t *testing.T) {
+	e := newEnv(t)
+	page := e.harness(t, browser(t))
+	eval[map[string]any](t, page, `h.start({user: "gina", subs: [{session: "classroom", channel: "room/s"}, {session: "notify", channel: "user/gina"}]})`)
+	eval[bool](t, page, `(() => { window.states = []; h.client.addEventListener("state", (e) => states.push(e.detail.state + " " + e.detail.reason)); return true })()`)
+	for i := 1; i <= 50; i++ {
+		e.publish(t, "room/s", fmt.Sprintf("room/s #%d", i))
+	}
+	e.publish(t, "user/gina", "user/gina #1")
+	waitFor(t, page, `(h.got["room/s"]?.length ?? 0) >= 50`, 20*time.Second)
+
+	e.restart(t)
+	for i := 51; i <= 100; i++ {
+		e.publish(t, "room/s", fmt.Sprintf("room/s #%d", i))
+	}
+	e.publish(t, "user/gina", "user/gina #2")
+	waitFor(t, page, `(h.got["room/s"]?.length ?? 0) >= 100 && (h.got["user/gina"]?.length ?? 0) >= 2`, 30*time.Second)
+	rs := got(t, page, "room/s")
+	requireExactly(t, seqsOf(rs), 100, "room/s across the restart")
+	for _, r := range rs {
+		require.Equal(t, fmt.Sprintf("room/s #%d", r.Seq), r.Text)
+	}
+	requireExactly(t, seqsOf(got(t, page, "user/gina")), 2, "user/gina across the restart")
+	stats := eval[map[string]any](t, page, "h.client.getStats()")
+	require.Equal(t, 2.0, stats["connects"])
+	states := eval[[]string](t, page, "states")
+	require.Len(t, states, 2, "%v", states)
+	require.Equal(t, "connecting goaway SHUTTING_DOWN", states[0], "the page was told to go")
+	require.Regexp(t, "^connected ", states[1])
+	require.Empty(t, eval[[]string](t, page, "h.problems"))
+}

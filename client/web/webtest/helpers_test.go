@@ -72,6 +72,8 @@ var _ server.Store = (*holeStore)(nil)
 // serving the SDK, the demo pages and the test harness.
 type env struct {
 	srv     *server.Server
+	cfg     server.Config
+	pc      net.PacketConn
 	store   *holeStore
 	addr    string // the server's UDP address
 	pageURL string // http://127.0.0.1:PORT
@@ -95,22 +97,16 @@ func newEnv(t *testing.T) *env {
 	// The page's origin must be known to the server, so listen for HTTP first.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	pageURL := "http://" + ln.Addr().String()
-
-	srv, err := server.New(server.Config{
+	e := &env{store: hs, pageURL: "http://" + ln.Addr().String(), ca: dev.CA}
+	e.cfg = server.Config{
 		Store:        hs,
 		TLSConfig:    &tls.Config{GetCertificate: native.GetCertificate},
 		Logger:       quietLog,
-		Registerer:   prometheus.NewRegistry(),
-		WebTransport: &server.WebTransportConfig{Origins: []string{pageURL}, GetCertificate: wc.GetCertificate},
-	})
-	require.NoError(t, err)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr, err := srv.Listen(pc)
-	require.NoError(t, err)
+		WebTransport: &server.WebTransportConfig{Origins: []string{e.pageURL}, GetCertificate: wc.GetCertificate},
+	}
+	e.start(t, "127.0.0.1:0")
 
-	wtURL := fmt.Sprintf("https://%s%s", addr, server.WebTransportPath)
+	wtURL := fmt.Sprintf("https://%s%s", e.addr, server.WebTransportPath)
 	pages := web.Handler(func() web.PageConfig {
 		hashes, err := wc.Hashes()
 		if err != nil {
@@ -130,11 +126,36 @@ func newEnv(t *testing.T) *env {
 	hsrv.Start()
 	t.Cleanup(func() {
 		hsrv.Close()
-		srv.Close()
-		pc.Close()
+		e.srv.Close()
+		e.pc.Close()
 		db.Close()
 	})
-	return &env{srv: srv, store: hs, addr: addr.String(), pageURL: pageURL, ca: dev.CA}
+	return e
+}
+
+// start runs a server on the UDP address addr.
+func (e *env) start(t *testing.T, addr string) {
+	t.Helper()
+	cfg := e.cfg
+	cfg.Registerer = prometheus.NewRegistry()
+	srv, err := server.New(cfg)
+	require.NoError(t, err)
+	pc, err := net.ListenPacket("udp", addr)
+	require.NoError(t, err)
+	a, err := srv.Listen(pc)
+	require.NoError(t, err)
+	e.srv, e.pc, e.addr = srv, pc, a.String()
+}
+
+// restart shuts the server down the graceful way (GOAWAY to every client,
+// then close) and starts a new one on the same port with the same store.
+func (e *env) restart(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, e.srv.Shutdown(ctx))
+	e.pc.Close()
+	e.start(t, e.addr)
 }
 
 // publish stores data for each of seqs... as the user "teacher", one call
