@@ -134,6 +134,7 @@ export class Connection {
     const r = new FrameReader(st.readable);
     const f = await r.read();
     if (!f) throw new Error("quicpush: control stream ended before the welcome");
+    if (f.body.case === "error") throw QuicpushError.fromFrame(f.body.value); // a refusal told on the stream
     if (f.body.case !== "welcome") {
       throw new QuicpushError(ErrorCode.FRAME_UNEXPECTED, `${f.body.case} frame instead of welcome`);
     }

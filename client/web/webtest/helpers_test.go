@@ -80,7 +80,8 @@ type env struct {
 	ca      string // the dev CA for native clients
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv starts the servers; opts adjust the quicpush server's config.
+func newEnv(t *testing.T, opts ...func(*server.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	db, err := store.Open(dir+"/store", store.Options{Logger: quietLog})
@@ -103,6 +104,9 @@ func newEnv(t *testing.T) *env {
 		TLSConfig:    &tls.Config{GetCertificate: native.GetCertificate},
 		Logger:       quietLog,
 		WebTransport: &server.WebTransportConfig{Origins: []string{e.pageURL}, GetCertificate: wc.GetCertificate},
+	}
+	for _, o := range opts {
+		o(&e.cfg)
 	}
 	e.start(t, "127.0.0.1:0")
 
