@@ -197,6 +197,23 @@ func browser(t *testing.T) context.Context {
 		}
 		t.Fatalf("chromium not found (apt-get install -y chromium): %v", err)
 	}
+	// Chromium now and then exits while starting on a loaded machine (a
+	// crash report and no DevTools pipe): start it again, a few times.
+	var startErr error
+	for attempt := 1; attempt <= 3; attempt++ {
+		ctx, stop := startChromium(t, path)
+		if startErr = chromedp.Do(ctx, chromedp.Navigate("about:blank")); startErr == nil {
+			t.Cleanup(stop)
+			return ctx
+		}
+		stop()
+		t.Logf("chromium did not start (attempt %d): %v", attempt, startErr)
+	}
+	t.Fatalf("chromium did not start: %v", startErr)
+	return nil
+}
+
+func startChromium(t *testing.T, path string) (context.Context, func()) {
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path),
 		chromedp.UserDataDir(t.TempDir()),
@@ -211,12 +228,10 @@ func browser(t *testing.T) context.Context {
 	}
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(alloc)
-	t.Cleanup(func() {
+	return ctx, func() {
 		cancel()
 		cancelAlloc()
-	})
-	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate("about:blank")), "start chromium")
-	return ctx
+	}
 }
 
 // tab opens url in a new tab of the browser and logs what its pages print
