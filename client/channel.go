@@ -47,7 +47,7 @@ type item struct {
 	msg  Message
 	gap  *Gap
 	shed *Shed
-	save *Position
+	save *Position // nil: nothing to save (a droppable, a shed notice)
 }
 
 func newChannel(s *Session, name string, h Handler, opts SubscribeOptions) *channel {
@@ -86,6 +86,7 @@ func (ch *channel) onSubscribed(conn *connection, p params, sub *pb.Subscribed) 
 		}
 		if !ch.havePos {
 			ch.queued = sub.StartAfter
+			ch.pruneBuf()
 		}
 		ch.head = max(ch.head, sub.Head)
 	}
@@ -220,6 +221,13 @@ func (ch *channel) drain() {
 		ch.queued++
 		ch.enqueue(item{msg: m, save: &Position{Epoch: ch.epoch, Seq: m.Seq}})
 	}
+}
+
+// pruneBuf drops buffered messages at or before queued, after queued jumped
+// ahead of them (the first Subscribed). Everywhere else queued moves one by
+// one through the buffer, so pruning on every drain would only cost a walk
+// of the whole map per message.
+func (ch *channel) pruneBuf() {
 	for seq := range ch.buf {
 		if seq <= ch.queued {
 			delete(ch.buf, seq)

@@ -72,8 +72,14 @@ type trim struct {
 
 // writerState belongs to the writer goroutine.
 type writerState struct {
-	lastID uint64 // last channel id assigned
-	batch  uint64 // batches built, to mark the heads a batch touches
+	lastID    uint64 // last channel id assigned
+	savedID   uint64 // last channel id committed
+	batch     uint64 // batches built, to mark the heads a batch touches
+	lastSize  int    // requests in the last batch submitted
+	committed *batch // the batch committing, nil if none
+	building  *batch // the next one
+	backlog   []*appendOp
+	trims     []*trim // retention's, not done yet
 }
 
 // Append durably appends reqs, assigning each channel's next seqs in request
@@ -147,138 +153,263 @@ func (db *DB) check(reqs []AppendRequest) (int64, error) {
 	return cost, nil
 }
 
-// runWriter is the single writer: it takes as many queued calls as fit the
-// batch caps, commits them in one transaction, and loops.
+// runWriter is the single writer. It pipelines two batches: while one
+// commits (Badger writes and fsyncs it), it builds the next from the calls
+// queued meanwhile, up to the batch caps, and commits that one as soon as
+// the first is durable. Only one commit is in flight at a time, so a failed
+// one can roll back the heads before anything later is written.
 func (db *DB) runWriter() {
-	var (
-		carry *appendOp // taken from the queue, did not fit the last batch
-		trims []*trim   // retention's, not done yet
-	)
-	defer func() {
-		if carry != nil {
-			carry.finish(ErrClosed)
-		}
-		for _, t := range trims {
-			t.done <- ErrClosed
-		}
-	}()
+	w := &db.writer
+	w.savedID = w.lastID
+	w.building = db.newBatch(nil)
+	defer db.stopWriter()
 	for {
-		if carry == nil && len(trims) == 0 {
-			select {
-			case carry = <-db.queue:
-			case t := <-db.trims:
-				trims = append(trims, t)
-			case <-db.ctx.Done():
-			}
+		db.fill()
+		if w.committed == nil && (len(w.building.ops) > 0 || len(w.trims) > 0) {
+			db.submit()
+			continue
 		}
-		if db.ctx.Err() != nil {
+		var queue chan *appendOp
+		if len(w.backlog) == 0 {
+			queue = db.queue
+		}
+		var landed chan struct{}
+		if w.committed != nil {
+			landed = w.committed.landed
+		}
+		select {
+		case op := <-queue:
+			w.backlog = append(w.backlog, op)
+		case t := <-db.trims:
+			w.trims = append(w.trims, t)
+		case <-landed:
+			db.land()
+		case <-db.ctx.Done():
 			return
 		}
-		var ops []*appendOp
-		var n int
-		var cost int64
-		if carry != nil {
-			ops, n, cost, carry = append(ops, carry), len(carry.reqs), carry.cost, nil
-		}
-	fill:
-		for {
-			select {
-			case op := <-db.queue:
-				if n+len(op.reqs) > db.opts.MaxBatchEntries || cost+op.cost > db.opts.MaxBatchBytes {
-					carry = op
-					break fill
-				}
-				ops, n, cost = append(ops, op), n+len(op.reqs), cost+op.cost
-			case t := <-db.trims:
-				trims = append(trims, t)
-			default:
-				break fill
-			}
-		}
-		trims = db.commit(ops, trims)
 	}
 }
 
-// batch is one transaction being built by the writer.
+// fill moves the backlog, then every call queued, into the batch being
+// built, until one does not fit.
+func (db *DB) fill() {
+	w := &db.writer
+	for {
+		for len(w.backlog) > 0 && w.building.add(w.backlog[0]) {
+			w.backlog = w.backlog[1:]
+		}
+		if len(w.backlog) > 0 {
+			return
+		}
+		select {
+		case op := <-db.queue:
+			w.backlog = append(w.backlog, op)
+		case t := <-db.trims:
+			w.trims = append(w.trims, t)
+		default:
+			return
+		}
+	}
+}
+
+// stopWriter waits for the commit in flight, answers it, and fails every
+// call and trim not committed with ErrClosed.
+func (db *DB) stopWriter() {
+	w := &db.writer
+	if w.committed != nil {
+		<-w.committed.landed
+		db.land()
+	}
+	w.building.txn.Discard()
+	for _, op := range append(w.building.ops, w.backlog...) {
+		op.finish(ErrClosed)
+	}
+	for _, t := range w.trims {
+		t.done <- ErrClosed
+	}
+}
+
+// batch is one transaction: built by the writer, then committed.
 type batch struct {
-	db      *DB
-	no      uint64
-	txn     *badger.Txn
-	now     time.Time
-	touched []*head          // heads whose meta the batch writes
-	created map[string]*head // channels whose first message is in the batch
-	seen    map[string]AppendResult
-	msgs    []Message
+	db  *DB
+	no  uint64
+	txn *badger.Txn
+	// prev is the batch committing when txn was created: txn's snapshot
+	// misses its writes, so its idempotency keys and channels are looked up
+	// in it.
+	prev *batch
+	now  time.Time // the messages' time (Options.Now)
+	// wall is when the batch started, by Badger's clock, and expiresAt
+	// when its idempotency keys expire, in Badger's Unix seconds.
+	wall      time.Time
+	expiresAt uint64
+	ops       []*appendOp
+	n         int              // requests in ops
+	cost      int64            // their cost
+	err       error            // of building (then it is failed, not committed), or of its commit
+	touched   []*head          // heads whose next or nextFirst the batch moved
+	created   map[string]*head // channels whose first message is in the batch
+	seen      map[string]AppendResult
+	msgs      []Message
+
+	// Set when the batch is submitted.
+	commits []commitPos // what each head of touched commits to
+	trims   []*trim     // done once the batch lands
+	lastID  uint64      // the last channel id the batch commits
+	// Set when the commit ends, before landed is closed.
+	landed chan struct{}
 }
 
-// commit writes ops and as much of trims as fits in one transaction, then
-// publishes, notifies and answers. It returns the trims not finished.
-func (db *DB) commit(ops []*appendOp, trims []*trim) []*trim {
-	n := 0
-	for _, op := range ops {
-		n += len(op.reqs)
-	}
-	db.writer.batch++
-	b := &batch{
-		db:      db,
-		no:      db.writer.batch,
-		txn:     db.bdb.NewTransaction(true),
-		now:     db.opts.Now().Round(0),
-		created: make(map[string]*head),
-		seen:    make(map[string]AppendResult, n),
-		msgs:    make([]Message, 0, n),
-	}
-	defer b.txn.Discard()
-	lastID := db.writer.lastID
+// commitPos is a head's position once a batch commits.
+type commitPos struct {
+	h           *head
+	first, last uint64
+}
 
-	err := b.addAppends(ops)
-	var pending, done []*trim
+// newBatch starts a batch. Its transaction is created now, before prev's
+// commit begins: later, Badger would make it wait for prev to be written.
+func (db *DB) newBatch(prev *batch) *batch {
+	w := &db.writer
+	w.batch++
+	return &batch{
+		db:      db,
+		no:      w.batch,
+		txn:     db.bdb.NewTransaction(true),
+		prev:    prev,
+		created: make(map[string]*head),
+		// Sized like the last batch, so that they rarely grow.
+		seen:   make(map[string]AppendResult, w.lastSize),
+		msgs:   make([]Message, 0, w.lastSize),
+		landed: make(chan struct{}),
+	}
+}
+
+// add builds op into b, unless it does not fit the batch caps.
+func (b *batch) add(op *appendOp) bool {
+	o := &b.db.opts
+	if len(b.ops) > 0 && (b.n+len(op.reqs) > o.MaxBatchEntries || b.cost+op.cost > o.MaxBatchBytes) {
+		return false
+	}
+	if len(b.ops) == 0 {
+		b.now = b.db.opts.Now().Round(0)
+		b.wall = time.Now()
+		b.expiresAt = uint64(b.wall.Add(b.db.opts.IdempotencyTTL).Unix())
+		b.db.idem.prune(b.wall)
+	}
+	b.ops, b.n, b.cost = append(b.ops, op), b.n+len(op.reqs), b.cost+op.cost
+	if b.err == nil {
+		b.err = b.addAppends(op)
+	}
+	return true
+}
+
+// submit adds the trims that fit to the batch being built, writes its metas
+// and starts its commit; or fails it if it could not be built.
+func (db *DB) submit() {
+	w := &db.writer
+	b := w.building
+	var pending []*trim
+	err := b.err
 	if err == nil {
-		pending, done, err = b.addTrims(trims)
+		pending, b.trims, err = b.addTrims(w.trims)
 	}
 	if err == nil {
-		err = b.commit()
+		err = b.writeMetas()
 	}
 	if err != nil {
-		// Nothing was stored: forget the seqs and ids handed out, or the
-		// next batch would leave holes.
-		for _, h := range b.touched {
-			h.next, h.nextFirst = h.last, h.first
-		}
-		db.writer.lastID = lastID
+		// Nothing is in flight: the committed positions are the base.
+		db.rollBack(b)
 		err = translate(err)
 		db.log.Error("group commit failed", "messages", len(b.msgs), "err", err)
-		for _, op := range ops {
+		for _, op := range b.ops {
 			op.finish(err)
 		}
-		for _, t := range trims {
+		for _, t := range w.trims {
 			t.done <- err
 		}
-		return nil
+		w.trims = nil
+		b.txn.Discard()
+		w.building = db.newBatch(nil)
+		return
 	}
+	w.trims = pending
+	w.lastSize = b.n
+	b.lastID = w.lastID
+	next := db.newBatch(b)
+	db.commit(b.txn, func(err error) {
+		b.err = err
+		close(b.landed)
+	})
+	w.committed, w.building = b, next
+}
 
+// land finishes the batch whose commit ended: it publishes the new heads,
+// notifies and answers; or, if the commit failed, answers with the error and
+// rolls back the heads and channel ids it and the batch being built handed
+// out, and hands the latter's calls back to the backlog.
+func (db *DB) land() {
+	w := &db.writer
+	b := w.committed
+	w.committed = nil
+	if b.err != nil {
+		next := w.building
+		db.rollBack(b, next)
+		next.txn.Discard()
+		w.backlog = append(next.ops, w.backlog...)
+		w.building = db.newBatch(nil)
+		err := translate(b.err)
+		db.log.Error("group commit failed", "messages", len(b.msgs), "err", err)
+		for _, op := range b.ops {
+			op.finish(err)
+		}
+		for _, t := range b.trims {
+			t.done <- err
+		}
+		return
+	}
 	db.mu.Lock()
-	for _, h := range b.touched {
-		h.last, h.first = h.next, h.nextFirst
+	for _, c := range b.commits {
+		c.h.first, c.h.last = c.first, c.last
 	}
 	for name, h := range b.created {
 		db.heads[name] = h
 	}
 	db.mu.Unlock()
+	w.savedID = b.lastID
+	if len(w.building.ops) == 0 {
+		// Nothing built on b's snapshot: start from a fresh one, so that an
+		// idle writer holds no old read timestamp.
+		w.building.txn.Discard()
+		w.building = db.newBatch(nil)
+	}
 	db.notify(b.msgs)
-	for _, op := range ops {
+	for _, op := range b.ops {
 		op.finish(nil)
 	}
-	for _, t := range done {
+	for _, t := range b.trims {
 		t.done <- nil
 	}
-	return pending
+}
+
+// rollBack forgets the seqs and channel ids that batches handed out, which
+// were not stored: the next batch would leave holes. Nothing may be in
+// flight but them.
+func (db *DB) rollBack(batches ...*batch) {
+	for _, b := range batches {
+		for _, h := range b.touched {
+			h.next, h.nextFirst = h.last, h.first
+		}
+	}
+	db.writer.lastID = db.writer.savedID
 }
 
 // head returns channel's head for the batch, creating the channel (id and
 // epoch) if create is set and it does not exist; nil if it does not.
 func (b *batch) head(channel string, create bool) (*head, error) {
 	h := b.created[channel]
+	if h == nil && b.prev != nil {
+		h = b.prev.created[channel]
+	}
 	if h == nil {
 		var err error
 		if h, err = b.db.lookup(channel, b.txn); err != nil {
@@ -300,63 +431,76 @@ func (b *batch) head(channel string, create bool) (*head, error) {
 	return h, nil
 }
 
-func (b *batch) addAppends(ops []*appendOp) error {
-	ttl := b.db.opts.IdempotencyTTL
-	for _, op := range ops {
-		op.res = make([]AppendResult, len(op.reqs))
-		for i := range op.reqs {
-			r := &op.reqs[i]
-			h, err := b.head(r.Channel, true)
+func (b *batch) addAppends(op *appendOp) error {
+	op.res = make([]AppendResult, len(op.reqs))
+	for i := range op.reqs {
+		r := &op.reqs[i]
+		h, err := b.head(r.Channel, true)
+		if err != nil {
+			return err
+		}
+		var ik, ikRest []byte
+		var hash uint64
+		if r.ID != "" {
+			// The key and its value share one allocation, as the message's do.
+			ik = appendIdemKey(make([]byte, 0, idemKeyLen(r.From, r.ID)+8), h.id, r.From, r.ID)
+			ik, ikRest = ik[:len(ik):len(ik)], ik[len(ik):]
+			hash = idemHash(ik)
+			res, dup, err := b.idempotent(h, ik, hash)
 			if err != nil {
 				return err
 			}
-			var ik []byte
-			if r.ID != "" {
-				ik = idemKey(h.id, r.From, r.ID)
-				res, dup, err := b.idempotent(h, ik)
-				if err != nil {
-					return err
-				}
-				if dup {
-					res.Duplicate = true
-					op.res[i] = res
-					continue
-				}
+			if dup {
+				res.Duplicate = true
+				op.res[i] = res
+				continue
 			}
-			h.next++
-			res := AppendResult{Epoch: h.epoch, Seq: h.next}
-			// The key and the value share one allocation; the key is capped so
-			// that no append to it can reach the value.
-			kv := appendMessage(appendMsgKey(make([]byte, 0, msgKeyLen+encodedLen(r)), h.id, res.Seq), b.now, r)
-			val := kv[msgKeyLen:]
-			if err := b.txn.SetEntry(badger.NewEntry(kv[:msgKeyLen:msgKeyLen], val)); err != nil {
+		}
+		h.next++
+		res := AppendResult{Epoch: h.epoch, Seq: h.next}
+		// The key and the value share one allocation; the key is capped so
+		// that no append to it can reach the value.
+		kv := appendMessage(appendMsgKey(make([]byte, 0, msgKeyLen+encodedLen(r)), h.id, res.Seq), b.now, r)
+		val := kv[msgKeyLen:]
+		if err := b.txn.SetEntry(badger.NewEntry(kv[:msgKeyLen:msgKeyLen], val)); err != nil {
+			return err
+		}
+		if ik != nil {
+			e := badger.NewEntry(ik, binary.BigEndian.AppendUint64(ikRest, res.Seq))
+			e.ExpiresAt = b.expiresAt
+			if err := b.txn.SetEntry(e); err != nil {
 				return err
 			}
-			if ik != nil {
-				e := badger.NewEntry(ik, binary.BigEndian.AppendUint64(nil, res.Seq)).WithTTL(ttl)
-				if err := b.txn.SetEntry(e); err != nil {
-					return err
-				}
-				b.seen[string(ik)] = res
-			}
-			b.msgs = append(b.msgs, Message{
-				Channel: r.Channel, Epoch: h.epoch, Seq: res.Seq, Time: b.now,
-				From: r.From, ID: r.ID, Data: val[len(val)-len(r.Data):], Critical: r.Critical,
-			})
-			op.res[i] = res
+			b.db.idem.add(hash, b.wall, b.expiresAt)
+			b.seen[string(ik)] = res
 		}
+		b.msgs = append(b.msgs, Message{
+			Channel: r.Channel, Epoch: h.epoch, Seq: res.Seq, Time: b.now,
+			From: r.From, ID: r.ID, Data: val[len(val)-len(r.Data):], Critical: r.Critical,
+		})
+		op.res[i] = res
 	}
 	return nil
 }
 
-// idempotent returns the result stored under idempotency key ik, if any:
-// earlier in this batch or committed within the TTL.
-func (b *batch) idempotent(h *head, ik []byte) (AppendResult, bool, error) {
+// idempotent returns the result stored under idempotency key ik (of hash
+// hash), if any: earlier in this batch or the previous one, or committed
+// within the TTL. Badger is read only if the idempotency filter says the key
+// may be there.
+func (b *batch) idempotent(h *head, ik []byte, hash uint64) (AppendResult, bool, error) {
 	if res, ok := b.seen[string(ik)]; ok {
 		return res, true, nil
 	}
-	if b.created[h.name] == h {
-		return AppendResult{}, false, nil // a new channel has no keys
+	if b.prev != nil {
+		if res, ok := b.prev.seen[string(ik)]; ok {
+			return res, true, nil
+		}
+		if b.prev.created[h.name] == h {
+			return AppendResult{}, false, nil // a new channel has no keys
+		}
+	}
+	if b.created[h.name] == h || !b.db.idem.mayHold(hash) {
+		return AppendResult{}, false, nil
 	}
 	item, err := b.txn.Get(ik)
 	if errors.Is(err, badger.ErrKeyNotFound) {
@@ -412,8 +556,9 @@ func (b *batch) addTrims(trims []*trim) (pending, done []*trim, err error) {
 	return pending, done, nil
 }
 
-// commit writes the metas that changed and commits, durably.
-func (b *batch) commit() error {
+// writeMetas writes the metas that changed and the last channel id, and
+// records the positions that the commit makes durable.
+func (b *batch) writeMetas() error {
 	for _, h := range b.touched {
 		if h.next == h.last && h.nextFirst == h.first {
 			continue // only duplicates
@@ -422,13 +567,14 @@ func (b *batch) commit() error {
 		if err := b.txn.Set(metaKey(h.name), m.encode()); err != nil {
 			return err
 		}
+		b.commits = append(b.commits, commitPos{h: h, first: h.nextFirst, last: h.next})
 	}
 	if len(b.created) > 0 {
 		if err := b.txn.Set(lastIDKey, binary.BigEndian.AppendUint64(nil, b.db.writer.lastID)); err != nil {
 			return err
 		}
 	}
-	return b.txn.Commit()
+	return nil
 }
 
 // newEpoch returns a random non-zero epoch: a counter would repeat after the

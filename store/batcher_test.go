@@ -1,11 +1,15 @@
 package store
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/stretchr/testify/require"
 )
 
@@ -55,4 +59,101 @@ func TestFailedCommit(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, msgs, 1, "a reused channel id holds nothing of the failed batch")
 	require.Len(t, watched, 2)
+}
+
+// TestFailedCommitInFlight: while a batch commits, the next is built on top
+// of it; when the commit fails, the calls of the failed batch get the error,
+// and those of the next one are rebuilt from the committed heads: stored
+// once, with no hole, their idempotency keys free again.
+func TestFailedCommitInFlight(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	ctx := t.Context()
+	res, err := db.Append(ctx, []AppendRequest{{Channel: "c", Data: []byte("1")}, {Channel: "d", Data: []byte("d1")}})
+	require.NoError(t, err)
+	epoch := res[0].Epoch
+	var watched []Message
+	stop := db.Watch(func(msgs []Message) { watched = append(watched, msgs...) })
+	defer stop()
+
+	// The next commit is held until released, then fails; later ones pass.
+	held := make(chan func(error), 1)
+	commit := db.commit
+	var once sync.Once
+	db.commit = func(txn *badger.Txn, done func(error)) {
+		failed := false
+		once.Do(func() {
+			failed = true
+			txn.Discard()
+			held <- done
+		})
+		if !failed {
+			commit(txn, done)
+		}
+	}
+	first := &appendOp{reqs: []AppendRequest{
+		{Channel: "c", ID: "a", Data: []byte("lost")},
+		{Channel: "new", Data: []byte("lost")},
+	}, done: make(chan struct{})}
+	db.queue <- first
+	release := <-held // first is committing
+
+	second := &appendOp{reqs: []AppendRequest{
+		{Channel: "c", ID: "a", Data: []byte("2")},
+		{Channel: "new", Data: []byte("n1")},
+		{Channel: "other", Data: []byte("o1")},
+		{Channel: "d", Data: []byte("d2")},
+	}, done: make(chan struct{})}
+	db.queue <- second
+	// The writer takes a call from the queue only once it built those it
+	// took before: once third is taken, second is built on first.
+	third := &appendOp{reqs: []AppendRequest{{Channel: "c", Data: []byte("3")}}, done: make(chan struct{})}
+	db.queue <- third
+	require.Eventually(t, func() bool { return len(db.queue) == 0 }, 10*time.Second, time.Millisecond)
+	release(errors.New("injected"))
+
+	<-first.done
+	require.ErrorIs(t, first.err, ErrUnavailable)
+	<-second.done
+	require.NoError(t, second.err)
+	require.Equal(t, uint64(2), second.res[0].Seq, "no hole")
+	require.False(t, second.res[0].Duplicate, "the failed batch's key was not stored")
+	require.Equal(t, epoch, second.res[0].Epoch)
+	require.Equal(t, uint64(1), second.res[1].Seq)
+	require.Equal(t, uint64(1), second.res[2].Seq)
+	require.Equal(t, uint64(2), second.res[3].Seq, "no hole")
+	<-third.done
+	require.NoError(t, third.err)
+	require.Equal(t, uint64(3), third.res[0].Seq)
+	require.Equal(t, Bounds{Epoch: epoch, First: 1, Last: 3}, mustBounds(t, db, "c"))
+	msgs, err := db.Range(ctx, "c", 1, 10, 10)
+	require.NoError(t, err)
+	require.Len(t, msgs, 3)
+	require.Equal(t, "2", string(msgs[1].Data))
+	require.Equal(t, "3", string(msgs[2].Data))
+	require.Equal(t, uint64(2), mustBounds(t, db, "d").Last)
+	for _, ch := range []string{"new", "other"} {
+		msgs, err := db.Range(ctx, ch, 1, 10, 10)
+		require.NoError(t, err)
+		require.Len(t, msgs, 1, ch)
+		require.Equal(t, uint64(1), msgs[0].Seq)
+	}
+	require.Len(t, watched, 5)
+	for i, m := range watched[1:] {
+		if m.Channel == watched[i].Channel {
+			require.Equal(t, watched[i].Seq+1, m.Seq, "watched in seq order")
+		}
+	}
+
+	res, err = db.Append(ctx, []AppendRequest{{Channel: "c", ID: "a", Data: []byte("again")}})
+	require.NoError(t, err)
+	require.Equal(t, AppendResult{Epoch: epoch, Seq: 2, Duplicate: true}, res[0])
+}
+
+func mustBounds(t *testing.T, db *DB, channel string) Bounds {
+	t.Helper()
+	b, err := db.Bounds(t.Context(), channel)
+	require.NoError(t, err)
+	return b
 }

@@ -14,10 +14,18 @@
 // as fit MaxBatchEntries and MaxBatchBytes, assigns their seqs, checks their
 // idempotency keys, writes messages, channel metas and idempotency keys in
 // one transaction, commits it, and only then makes the new Last visible to
-// Bounds and Range, calls the Watch functions, and answers the callers. A
-// failed commit answers every caller of the batch with the error and hands
-// its seqs out again, so seqs never get holes. Badger's Sequence is not
-// used: it leaks numbers on a crash.
+// Bounds and Range, calls the Watch functions, and answers the callers.
+// While one batch commits, the writer builds the next from the calls queued
+// meanwhile, and commits it once the first is durable: one commit in flight.
+// A failed commit answers every caller of the batch with the error and hands
+// its seqs out again (the next batch, built on them, is rebuilt), so seqs
+// never get holes. Badger's Sequence is not used: it leaks numbers on a
+// crash.
+//
+// An idempotency key is looked up in Badger only when a Bloom filter of the
+// keys stored within the TTL says it may be there (idemfilter.go); after a
+// reopen, every key is read until a background scan has put the keys stored
+// before into the filter.
 //
 // # Key layout (keys.go)
 //

@@ -53,8 +53,12 @@ func msgKeySeq(k []byte) uint64 {
 	return binary.BigEndian.Uint64(k[9:msgKeyLen])
 }
 
-func idemKey(id uint64, from, msgID string) []byte {
-	b := make([]byte, 0, 1+8+binary.MaxVarintLen64+len(from)+len(msgID))
+// idemKeyLen is the most that appendIdemKey adds.
+func idemKeyLen(from, msgID string) int {
+	return 1 + 8 + binary.MaxVarintLen64 + len(from) + len(msgID)
+}
+
+func appendIdemKey(b []byte, id uint64, from, msgID string) []byte {
 	b = append(b, prefixIdem)
 	b = binary.BigEndian.AppendUint64(b, id)
 	b = binary.AppendUvarint(b, uint64(len(from)))

@@ -112,6 +112,10 @@ type DB struct {
 	queue  chan *appendOp
 	trims  chan *trim
 	writer writerState // owned by the writer goroutine
+	idem   *idemFilter // owned by the writer goroutine
+	// commit starts a transaction's commit and calls done once it ended:
+	// (*badger.Txn).CommitWith; tests replace it to fail commits.
+	commit func(txn *badger.Txn, done func(error))
 
 	watchMu  sync.Mutex
 	watchers atomic.Pointer[[]*watcher] // copied on write
@@ -171,12 +175,14 @@ func Open(dir string, opts Options) (*DB, error) {
 			ErrInvalid, o.MaxBatchBytes, o.MaxBatchEntries, bdb.MaxBatchSize(), bdb.MaxBatchCount())
 	}
 	db := &DB{
-		opts:  o,
-		log:   log,
-		bdb:   bdb,
-		heads: make(map[string]*head),
-		queue: make(chan *appendOp, 1024),
-		trims: make(chan *trim, retentionPage),
+		opts:   o,
+		log:    log,
+		bdb:    bdb,
+		heads:  make(map[string]*head),
+		queue:  make(chan *appendOp, 1024),
+		trims:  make(chan *trim, retentionPage),
+		commit: (*badger.Txn).CommitWith,
+		idem:   newIdemFilter(o.IdempotencyTTL),
 	}
 	if err := bdb.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(lastIDKey)
@@ -196,6 +202,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	}
 	db.ctx, db.cancel = context.WithCancel(context.Background())
 	db.wg.Go(db.runWriter)
+	db.wg.Go(db.scanIdem)
 	if o.RetentionInterval > 0 && (o.MaxMessages > 0 || o.MaxAge > 0) {
 		db.wg.Go(func() { db.every(o.RetentionInterval, db.retain) })
 	}
