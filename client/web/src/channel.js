@@ -86,7 +86,10 @@ export class Channel {
       this.enqueue({ gap, save: { epoch: sub.epoch.toString(), seq: startAfter } });
     } else {
       if (this.epoch === 0n) this.epoch = sub.epoch;
-      if (!this.havePos) this.queued = startAfter;
+      if (!this.havePos) {
+        this.queued = startAfter;
+        this.pruneBuf();
+      }
       this.head = Math.max(this.head, head);
     }
     this.havePos = true;
@@ -186,6 +189,15 @@ export class Channel {
       this.queued++;
       this.enqueue({ msg: m, save: { epoch: this.epoch.toString(), seq: m.seq } });
     }
+  }
+
+  /**
+   * pruneBuf drops buffered messages at or before queued, after queued
+   * jumped ahead of them (the first Subscribed). Everywhere else queued
+   * moves one by one through the buffer, so pruning on every drain would
+   * only cost a walk of the whole buffer per message.
+   */
+  pruneBuf() {
     for (const seq of this.buf.keys()) if (seq <= this.queued) this.buf.delete(seq);
   }
 
