@@ -3662,6 +3662,20 @@ var Sender = class {
   }
 };
 var sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+function ticker(ms, fn) {
+  if (typeof Worker === "function" && typeof Blob === "function" && globalThis.URL?.createObjectURL) {
+    try {
+      const src = URL.createObjectURL(new Blob([`setInterval(() => postMessage(0), ${ms})`], { type: "text/javascript" }));
+      const w = new Worker(src);
+      URL.revokeObjectURL(src);
+      w.onmessage = fn;
+      return { clear: () => w.terminate() };
+    } catch {
+    }
+  }
+  const t = setInterval(fn, ms);
+  return { clear: () => clearInterval(t) };
+}
 function withTimeout(p, ms, what) {
   let timer;
   const t = new Promise((_, reject) => {
@@ -3800,16 +3814,18 @@ var Connection = class _Connection {
     const every = this.params.heartbeat;
     const padding = new Uint8Array(64);
     let id = 0n;
-    const t = setInterval(() => {
-      if (Date.now() - this.lastPong > every * 2.5) {
-        this.c.log("warn", "heartbeat timeout: reconnecting");
-        this.close(ErrorCode.HEARTBEAT_TIMEOUT, "no pong");
-        return;
-      }
-      id++;
-      this.control.send(frame("ping", { id, padding }));
-    }, every);
-    this.timers.add({ clear: () => clearInterval(t) });
+    this.timers.add(
+      ticker(every, () => {
+        if (!this.alive()) return;
+        if (Date.now() - this.lastPong > every * 2.5) {
+          this.c.log("warn", "heartbeat timeout: reconnecting");
+          this.close(ErrorCode.HEARTBEAT_TIMEOUT, "no pong");
+          return;
+        }
+        id++;
+        this.control.send(frame("ping", { id, padding }));
+      })
+    );
   }
   /** scheduleRefresh asks the token source for a new token at four fifths of the token's remaining life. */
   scheduleRefresh(expiresUnixMs) {
@@ -4414,6 +4430,7 @@ var Session = class {
     }
   }
   flushAcks() {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = null;
     if (!this.send || this.acks.size === 0) return;
     this.send.send(...this.ackFrames());
@@ -4698,6 +4715,9 @@ var Client = class _Client extends EventTarget {
     this.owners = /* @__PURE__ */ new Map();
     this.waiters = /* @__PURE__ */ new Set();
     this.stopped = new AbortController();
+    globalThis.addEventListener?.("pagehide", () => {
+      for (const s of this.sessions.values()) s.flushAcks();
+    });
   }
   /** session returns the business session called name, opening its stream on first use. */
   session(name) {

@@ -151,6 +151,10 @@ export class Client extends EventTarget {
     this.owners = new Map(); // subscribed channel -> its session name
     this.waiters = new Set(); // resolvers woken when a connection is up or the client closes
     this.stopped = new AbortController();
+    // A page going away sends the acks it holds back, so the server's cursors keep up.
+    globalThis.addEventListener?.("pagehide", () => {
+      for (const s of this.sessions.values()) s.flushAcks();
+    });
   }
 
   /** session returns the business session called name, opening its stream on first use. */

@@ -47,6 +47,29 @@ export class Sender {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * ticker calls fn every ms. Browsers throttle the timers of a hidden page,
+ * down to once a minute after a few minutes, which would starve the
+ * heartbeat (the server's idle timeout is 3 heartbeats); a dedicated
+ * worker's timers are not throttled that way, so the ticks come from one
+ * where the page may start it, and from setInterval otherwise.
+ */
+function ticker(ms, fn) {
+  if (typeof Worker === "function" && typeof Blob === "function" && globalThis.URL?.createObjectURL) {
+    try {
+      const src = URL.createObjectURL(new Blob([`setInterval(() => postMessage(0), ${ms})`], { type: "text/javascript" }));
+      const w = new Worker(src);
+      URL.revokeObjectURL(src);
+      w.onmessage = fn;
+      return { clear: () => w.terminate() };
+    } catch {
+      // a Content-Security-Policy without blob: workers: plain timers
+    }
+  }
+  const t = setInterval(fn, ms);
+  return { clear: () => clearInterval(t) };
+}
+
 /** withTimeout rejects when ms pass before p settles. */
 function withTimeout(p, ms, what) {
   let timer;
@@ -193,16 +216,18 @@ export class Connection {
     const every = this.params.heartbeat;
     const padding = new Uint8Array(64);
     let id = 0n;
-    const t = setInterval(() => {
-      if (Date.now() - this.lastPong > every * 2.5) {
-        this.c.log("warn", "heartbeat timeout: reconnecting");
-        this.close(ErrorCode.HEARTBEAT_TIMEOUT, "no pong");
-        return;
-      }
-      id++;
-      this.control.send(frame("ping", { id, padding }));
-    }, every);
-    this.timers.add({ clear: () => clearInterval(t) });
+    this.timers.add(
+      ticker(every, () => {
+        if (!this.alive()) return;
+        if (Date.now() - this.lastPong > every * 2.5) {
+          this.c.log("warn", "heartbeat timeout: reconnecting");
+          this.close(ErrorCode.HEARTBEAT_TIMEOUT, "no pong");
+          return;
+        }
+        id++;
+        this.control.send(frame("ping", { id, padding }));
+      }),
+    );
   }
 
   /** scheduleRefresh asks the token source for a new token at four fifths of the token's remaining life. */

@@ -258,6 +258,7 @@ export class Session {
   }
 
   flushAcks() {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = null;
     if (!this.send || this.acks.size === 0) return; // sent on resume
     this.send.send(...this.ackFrames());

@@ -248,10 +248,12 @@ func TestBrowserResumesAfterServerRestart(t *testing.T) {
 
 // Tokens: one the server refuses fails the page's connect; one that expires is
 // refreshed on the open connection (FeatureTokenRefresh), which outlives
-// several expiries without reconnecting.
+// several expiries, and several idle timeouts kept off by the heartbeat,
+// without reconnecting.
 func TestBrowserTokens(t *testing.T) {
 	var refreshes atomic.Int32
 	e := newEnv(t, func(cfg *server.Config) {
+		cfg.Heartbeat = time.Second // pings (from the SDK's worker ticker) keep the connection: idle timeout 3 s
 		cfg.Authenticate = func(_ context.Context, ev server.HelloEvent) (server.HelloReply, error) {
 			user, _, ok := strings.Cut(ev.Token, ":")
 			if !ok || user == "mallory" {
