@@ -186,7 +186,9 @@ func (v *Verifier) Authorize(_ context.Context, ev server.AuthorizeEvent) error 
 		return refuse(ErrForbidden, "the connection has no claims from this verifier (is it the server's Authenticate hook too?)")
 	}
 	patterns := c.Subscribe
-	if ev.Action == server.ActionPublish {
+	if ev.Action == server.ActionPublish || ev.Action == server.ActionChat {
+		// A chat message to B is allowed by a publish pattern matching B's
+		// inbox "user/B/inbox" (e.g. "user/*/inbox": anyone).
 		patterns = c.Publish
 	}
 	if !matchAny(patterns, c.Subject, ev.Channel) {

@@ -21,8 +21,17 @@ type channel struct {
 	onGap   func(Gap) error
 	onShed  func(Shed)
 	onError func(error)
+	// Paged subscriptions (inbox.go): fetch replaces repair streams, and
+	// onWaiting is told the backlog after each Subscribed.
+	fetch     func(ch *channel, conn *connection, epoch, from, to uint64)
+	onWaiting func(Waiting)
+	progress  chan struct{} // signalled when the handler finished a position
+	observe   bool          // never acknowledge (SubscribeOptions.Observe)
 
 	mu         sync.Mutex
+	saves      uint64   // items with a position enqueued for the handler
+	savesDone  uint64   // of those, how many the handler has finished
+	handled    Position // the last position saved (and acknowledged)
 	epoch      uint64
 	queued     uint64 // highest seq queued for the handler, or skipped by a gap
 	head       uint64 // highest seq known to exist
@@ -44,16 +53,21 @@ type channel struct {
 // item is a message or a gap to hand to the application, and the position
 // to save once it has been.
 type item struct {
-	msg  Message
-	gap  *Gap
-	shed *Shed
-	save *Position // nil: nothing to save (a droppable, a shed notice)
+	msg     Message
+	gap     *Gap
+	shed    *Shed
+	save    *Position // nil: nothing to save (a droppable, a shed notice, a count)
+	waiting *Waiting
 }
 
 func newChannel(s *Session, name string, h Handler, opts SubscribeOptions) *channel {
 	ch := &channel{
 		s: s, name: name, h: h, onGap: opts.OnGap, onShed: opts.OnShed, onError: opts.OnError, buf: map[uint64]Message{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		onWaiting: opts.OnWaiting, progress: make(chan struct{}, 1), observe: opts.Observe,
+	}
+	if opts.Paged {
+		ch.fetch = (*channel).pullPages
 	}
 	go ch.deliver()
 	return ch
@@ -92,6 +106,10 @@ func (ch *channel) onSubscribed(conn *connection, p params, sub *pb.Subscribed) 
 	}
 	ch.havePos = true
 	ch.live, ch.params = conn, p
+	if ch.onWaiting != nil {
+		ch.enqueue(item{waiting: &Waiting{Channel: ch.name, Epoch: ch.epoch, Head: sub.Head, FirstRetained: sub.FirstRetained,
+			After: ch.queued, Count: sub.Head - min(sub.Head, max(ch.queued, sub.FirstRetained-1)), PageSize: p.inboxPage}})
+	}
 	ch.s.c.stats.droppableBase(ch.name, sub.DroppableSeq)
 	ch.skipExpired(sub.FirstRetained)
 	ch.evaluate(true)
@@ -265,10 +283,18 @@ func (ch *channel) evaluate(now bool) {
 func (ch *channel) startRepair() {
 	conn := ch.live
 	from := ch.queued + 1
-	to := min(ch.head, ch.queued+uint64(ch.params.repairBatch))
+	batch := ch.params.repairBatch
+	if ch.fetch != nil {
+		batch = ch.params.inboxPage
+	}
+	to := min(ch.head, ch.queued+uint64(batch))
 	ch.repairing = true
 	ch.repairFrom = from
 	epoch := ch.epoch
+	if ch.fetch != nil {
+		ch.s.c.goTracked(func() { ch.fetch(ch, conn, epoch, from, to) })
+		return
+	}
 	ch.s.c.goTracked(func() { ch.s.repair(conn, ch, epoch, from, to) })
 }
 
@@ -298,6 +324,9 @@ func (ch *channel) onDisconnect() {
 }
 
 func (ch *channel) enqueue(it item) {
+	if it.save != nil {
+		ch.saves++
+	}
 	ch.ready = append(ch.ready, it)
 	select {
 	case ch.wake <- struct{}{}:
@@ -331,6 +360,8 @@ func (ch *channel) deliver() {
 				}
 				var err error
 				switch {
+				case it.waiting != nil:
+					ch.onWaiting(*it.waiting)
 				case it.shed != nil:
 					if ch.onShed != nil {
 						ch.onShed(*it.shed)
@@ -352,13 +383,15 @@ func (ch *channel) deliver() {
 					return
 				}
 				if it.save != nil {
-					if err := ch.s.c.cfg.State.Save(ch.name, *it.save); err != nil {
+					err := ch.s.c.cfg.State.Save(ch.name, *it.save)
+					if err != nil {
 						// Not acknowledged either: the server's cursor must
 						// not run ahead of what a restart would resume from.
 						ch.s.c.log.Error("cannot save position", "channel", ch.name, "err", err)
-					} else {
+					} else if !ch.observe {
 						ch.s.ack(ch.name, *it.save)
 					}
+					ch.finished(*it.save, err == nil)
 				}
 			}
 		}

@@ -88,10 +88,12 @@ var (
 type params struct {
 	heartbeat, holeWait, mergeWindow, ackDelay time.Duration
 	repairBatch                                int
+	inboxPage, inboxMaxPage                    int // offline page size, and the largest the server takes
 }
 
 func defaultParams() params {
-	return params{heartbeat: 15 * time.Second, holeWait: 50 * time.Millisecond, mergeWindow: 20 * time.Millisecond, ackDelay: 200 * time.Millisecond, repairBatch: 1000}
+	return params{heartbeat: 15 * time.Second, holeWait: 50 * time.Millisecond, mergeWindow: 20 * time.Millisecond, ackDelay: 200 * time.Millisecond, repairBatch: 1000,
+		inboxPage: 200, inboxMaxPage: 1000}
 }
 
 func clampDur(ms uint32, def time.Duration, lim [2]time.Duration) time.Duration {
@@ -120,6 +122,7 @@ func paramsFrom(w *pb.Welcome) params {
 		ackDelay:    clampDur(w.AckDelayMs, d.ackDelay, ackDelayLimits),
 		repairBatch: d.repairBatch,
 	}
+	p.inboxPage, p.inboxMaxPage = inboxPageSizes(w, d)
 	if w.RepairBatch > 0 {
 		p.repairBatch = min(max(int(w.RepairBatch), repairBatchLimits[0]), repairBatchLimits[1])
 	}

@@ -71,12 +71,16 @@ type Stats struct {
 	// Copies of critical messages: kept because they arrived first, or
 	// dropped because the stream copy (or another) was first.
 	CopiesFirst, CopiesWasted uint64
+	// Pages counts offline pages pulled (InboxPull requests, each one round
+	// trip) by paged subscriptions.
+	Pages uint64
 }
 
 type counters struct {
 	connects, used0RTT, migrations, fallbacks atomic.Uint64
 	droppableDelivered, droppableShed         atomic.Uint64
 	copiesFirst, copiesWasted                 atomic.Uint64
+	pages                                     atomic.Uint64
 
 	mu          sync.Mutex
 	dropSeqs    map[string]*dropSeen // per channel, since its last subscribe
@@ -149,7 +153,7 @@ func (c *Client) Stats() Stats {
 		DroppableDelivered: c.stats.droppableDelivered.Load(), DroppableShed: c.stats.droppableShed.Load(),
 		DroppableMissing: c.stats.missing(),
 		CopiesFirst:      c.stats.copiesFirst.Load(), CopiesWasted: c.stats.copiesWasted.Load(),
-		LocalAddr: local,
+		LocalAddr: local, Pages: c.stats.pages.Load(),
 	}
 }
 

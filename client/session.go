@@ -75,7 +75,7 @@ func (s *Session) resume(conn *connection) {
 	frames = append(frames, s.ackFrames()...)
 	for _, id := range sortedKeys(s.pubs) {
 		p := s.pubs[id]
-		if p.frame.GetPublish().Class == pb.Class_CLASS_DROPPABLE {
+		if p.frame.GetPublish().GetClass() == pb.Class_CLASS_DROPPABLE { // nil for chat sends and receipts
 			// Never sent twice: a droppable message may be lost, not doubled.
 			delete(s.pubs, id)
 			p.err = ErrNotSent
@@ -281,6 +281,20 @@ type SubscribeOptions struct {
 	// reconnect (say, the channel became forbidden). Refusals of the first
 	// subscribe are returned by Subscribe instead.
 	OnError func(error)
+	// OnWaiting, if set, is told after every (re)subscribe, in order before
+	// the messages, how many wait after this client's position.
+	OnWaiting func(Waiting)
+	// Paged catches up in offline pages (InboxPull: the server's page size,
+	// each request carrying the acknowledgement of the page before, the
+	// next page asked for only once the handler has finished the last)
+	// instead of repair batches. Meant for a user's own channels, whose
+	// backlog is read once (docs/PROTOCOL.md §15.4).
+	Paged bool
+	// Observe hands messages over and saves positions without ever
+	// acknowledging them: the user's cursor on the server does not move
+	// (so no delivered receipt is issued). For watchers such as the CLI's
+	// send, which follows receipts in an inbox that another app reads.
+	Observe bool
 }
 
 // Subscription is an active subscription.

@@ -44,6 +44,9 @@ func (s *Server) Publish(ctx context.Context, from string, reqs []PublishRequest
 		if err := stream.ValidateChannel(r.Channel); err != nil {
 			return nil, fmt.Errorf("%w: message %d: %v", ErrInvalid, i, err)
 		}
+		if _, inbox := stream.InboxOwner(r.Channel); inbox {
+			return nil, fmt.Errorf("%w: message %d: %s is an inbox: only the server writes it", ErrInvalid, i, r.Channel)
+		}
 		if err := stream.ValidateID(r.ID); err != nil {
 			return nil, fmt.Errorf("%w: message %d: %v", ErrInvalid, i, err)
 		}

@@ -35,9 +35,13 @@ type Action int
 const (
 	ActionSubscribe Action = iota
 	ActionPublish
+	// ActionChat: send a chat message to the user whose inbox is Channel
+	// ("user/<name>/inbox"); Channel names the recipient, not a channel
+	// the sender may publish to otherwise.
+	ActionChat
 )
 
-func (a Action) String() string { return [...]string{"subscribe", "publish"}[a] }
+func (a Action) String() string { return [...]string{"subscribe", "publish", "chat"}[a] }
 
 // AuthorizeEvent is what Authorize gets.
 type AuthorizeEvent struct {

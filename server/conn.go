@@ -161,6 +161,7 @@ func (c *conn) handshake() (*stream.Reader, error) {
 		HeartbeatMs: ms(cfg.Heartbeat), HoleWaitMs: ms(cfg.HoleWait), MergeWindowMs: ms(cfg.MergeWindow),
 		RepairBatch: uint32(cfg.RepairBatch), MaxFrameSize: stream.MaxFrameSize, AckDelayMs: ms(cfg.AckDelay),
 		TokenExpiresUnixMs: unixMs(reply.ExpiresAt),
+		InboxPageSize:      uint32(cfg.InboxPageSize), InboxMaxPageSize: uint32(cfg.InboxMaxPageSize),
 	}}})
 	if err != nil {
 		return nil, err
@@ -437,8 +438,12 @@ func (c *conn) serveStream(st bidiStream) error {
 		return err
 	case *pb.Frame_RepairRequest:
 		return c.serveRepair(st, b.RepairRequest)
+	case *pb.Frame_InboxPull:
+		return c.serveInboxPull(st, b.InboxPull)
+	case *pb.Frame_InboxCountRequest:
+		return c.serveInboxCount(st, b.InboxCountRequest)
 	default:
-		return stream.Unexpected(f, "as the first frame of a stream (want session_open or repair_request)")
+		return stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
 	}
 }
 

@@ -86,6 +86,11 @@ type Config struct {
 	Sessions map[string]SessionParams
 	// Critical configures redundant delivery of critical messages.
 	Critical CriticalConfig
+	// InboxPageSize is the offline page size told to clients (Welcome), and
+	// InboxMaxPageSize the largest page an InboxPull may ask for (more gets
+	// BAD_PAGE_SIZE). Zero: 200 and 1000.
+	InboxPageSize    int
+	InboxMaxPageSize int
 	// WebTransport lets browsers connect on the same UDP port (ALPN h3, at
 	// WebTransportPath). Nil: browsers are refused.
 	WebTransport *WebTransportConfig
@@ -142,6 +147,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PublishBurst <= 0 {
 		c.PublishBurst = max(1, 2*int(c.PublishRate))
 	}
+	if c.InboxPageSize <= 0 {
+		c.InboxPageSize = 200
+	}
+	if c.InboxMaxPageSize <= 0 {
+		c.InboxMaxPageSize = max(1000, c.InboxPageSize)
+	}
+	if c.InboxPageSize > c.InboxMaxPageSize {
+		return c, fmt.Errorf("server: InboxPageSize %d exceeds InboxMaxPageSize %d", c.InboxPageSize, c.InboxMaxPageSize)
+	}
 	if c.NotifyAbove == 0 {
 		c.NotifyAbove = 5000
 	}
@@ -170,6 +184,7 @@ type Server struct {
 	log      *slog.Logger
 	hub      *hub
 	cursors  *cursorWriter
+	receipts *receipts
 	counters counters
 	metrics  *metrics
 
@@ -214,6 +229,7 @@ func New(cfg Config) (*Server, error) {
 	s.hub.critical = cfg.Critical
 	s.stopWatch = cfg.Store.Watch(s.hub.fanOut)
 	s.cursors = newCursorWriter(cfg.Store, cfg.CursorFlushInterval, s.log)
+	s.receipts = newReceipts(s)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -25,6 +25,8 @@ type session struct {
 	outMu sync.Mutex // guards out; taken under a hub channel's lock
 	out   outbox
 
+	chat chatQueue // ChatSends awaiting the store
+
 	pubMu      sync.Mutex
 	pubCond    *sync.Cond // signalled when publishing ends
 	pubQueue   []*pb.Publish
@@ -85,6 +87,14 @@ func (s *session) run(r *stream.Reader) error {
 			err = s.ack(b.Ack)
 		case *pb.Frame_Publish:
 			err = s.publish(b.Publish)
+		case *pb.Frame_ChatSend:
+			err = s.chatSend(b.ChatSend)
+		case *pb.Frame_ReceiptRead:
+			s.c.wg.Add(1)
+			go func() {
+				defer s.c.wg.Done()
+				s.receiptRead(b.ReceiptRead)
+			}()
 		default:
 			err = stream.Unexpected(f, "on a session stream")
 		}
@@ -197,7 +207,7 @@ func (s *session) ack(a *pb.Ack) error {
 		return stream.Errorf(stream.FrameMalformed, "ack: %v", err)
 	}
 	s.c.s.metrics.acks.Add(1)
-	s.c.s.cursors.set(s.c.user, a.Channel, store.Position{Epoch: a.Epoch, Seq: a.Seq})
+	s.c.s.acked(s.c.user, a.Channel, store.Position{Epoch: a.Epoch, Seq: a.Seq})
 	return nil
 }
 
@@ -219,6 +229,9 @@ func (s *session) publish(p *pb.Publish) error {
 	}
 	if p.Critical && p.Class == pb.Class_CLASS_DROPPABLE {
 		return s.replyError(stream.Errorf(stream.BadRequest, "only reliable messages can be critical"), p.RequestId, p.Channel)
+	}
+	if _, inbox := stream.InboxOwner(p.Channel); inbox {
+		return s.refusePublish(p, stream.Errorf(stream.Forbidden, "%s is an inbox: only the server writes it (send a chat message instead)", p.Channel))
 	}
 	if e := s.c.authorize(ActionPublish, p.Channel, p.Class == pb.Class_CLASS_DROPPABLE); e != nil {
 		return s.refusePublish(p, e)

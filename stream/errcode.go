@@ -51,6 +51,12 @@ const (
 	NotSubscribed   ErrCode = 0x205
 	RateLimited     ErrCode = 0x206
 	Unsupported     ErrCode = 0x207
+	// NotDelivered: a read receipt for a seq of the user's inbox that the
+	// user's clients never acknowledged.
+	NotDelivered ErrCode = 0x210
+	// BadPageSize: an offline page of 0 messages or more than the server's
+	// maximum (Welcome.inbox_max_page_size).
+	BadPageSize ErrCode = 0x211
 )
 
 // String returns the code's name as in the protocol docs, e.g. "SLOW_CONSUMER".

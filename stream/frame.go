@@ -43,9 +43,12 @@ const (
 	// pushes as datagrams (with FeatureDatagrams) and on unidirectional
 	// streams the server opens, one Push each.
 	FeatureCriticalCopies uint64 = 1 << 2
+	// FeatureInbox: 1:1 chat (ChatSend, ReceiptRead) and offline pages
+	// (InboxCountRequest, InboxPull); Welcome carries the page sizes.
+	FeatureInbox uint64 = 1 << 3
 
 	// Features is every feature this implementation has.
-	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies
+	Features = FeatureTokenRefresh | FeatureDatagrams | FeatureCriticalCopies | FeatureInbox
 )
 
 // AppendFrame appends f to b, prefixed by its length as a QUIC varint.

@@ -18,7 +18,7 @@ import (
 func sampleFrames() []*pb.Frame {
 	return []*pb.Frame{
 		{Body: &pb.Frame_Hello{Hello: &pb.Hello{Version: 1, Token: "t", ClientId: "c", DeviceId: "d", Features: 3}}},
-		{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{Version: 1, ConnectionId: "x", User: "u", HeartbeatMs: 5000, HoleWaitMs: 50, MergeWindowMs: 20, RepairBatch: 512, MaxFrameSize: MaxFrameSize, AckDelayMs: 100}}},
+		{Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{Version: 1, ConnectionId: "x", User: "u", HeartbeatMs: 5000, HoleWaitMs: 50, MergeWindowMs: 20, RepairBatch: 512, MaxFrameSize: MaxFrameSize, AckDelayMs: 100, InboxPageSize: 200, InboxMaxPageSize: 1000}}},
 		{Body: &pb.Frame_Ping{Ping: &pb.Ping{Id: 7, Padding: make([]byte, 48)}}},
 		{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: 7}}},
 		{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{Code: pb.ErrorCode_SHUTTING_DOWN, ReconnectAfterMs: 100, Message: "bye"}}},
@@ -37,6 +37,12 @@ func sampleFrames() []*pb.Frame {
 		{Body: &pb.Frame_SessionOpened{SessionOpened: &pb.SessionOpened{HoleWaitMs: 10, MergeWindowMs: 5, RepairBatch: 100}}},
 		{Body: &pb.Frame_RepairRequest{RepairRequest: &pb.RepairRequest{Channel: "room/a", Epoch: 9, From: 3, To: 8, Limit: 100}}},
 		{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{Next: 9, FirstRetained: 1, Head: 12}}},
+		{Body: &pb.Frame_ChatSend{ChatSend: &pb.ChatSend{RequestId: 4, To: "bob", Id: "m-1", Data: []byte("hi")}}},
+		{Body: &pb.Frame_ReceiptRead{ReceiptRead: &pb.ReceiptRead{RequestId: 5, Epoch: 9, Seq: 1}}},
+		{Body: &pb.Frame_InboxCountRequest{InboxCountRequest: &pb.InboxCountRequest{Channels: []string{"user/bob/inbox"}}}},
+		{Body: &pb.Frame_InboxCounts{InboxCounts: &pb.InboxCounts{Counts: []*pb.InboxCount{{Channel: "user/bob/inbox", Epoch: 9, Head: 30, FirstRetained: 1, Acked: 10, Waiting: 20}}}}},
+		{Body: &pb.Frame_InboxPull{InboxPull: &pb.InboxPull{Channel: "user/bob/inbox", Epoch: 9, After: 10, Limit: 100, AckEpoch: 9, AckSeq: 10}}},
+		{Body: &pb.Frame_InboxPage{InboxPage: &pb.InboxPage{Epoch: 9, From: 11, Next: 31, Head: 30, FirstRetained: 1}}},
 		{Body: &pb.Frame_Error{Error: &pb.Error{Code: pb.ErrorCode_WRONG_EPOCH, Message: "m", RequestId: 3, Channel: "room/a"}}},
 	}
 }
@@ -101,7 +107,8 @@ func TestBadFrames(t *testing.T) {
 func TestErrCodesMirrorProto(t *testing.T) {
 	codes := []ErrCode{NoError, Internal, ShuttingDown, SlowConsumer, HeartbeatTimeout, HelloTimeout, StoreUnavailable, Replaced, PathLimit,
 		ProtocolViolation, FrameTooLarge, FrameUnknown, FrameUnexpected, FrameMalformed, VersionUnsupported, Unauthorized,
-		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported}
+		BadRequest, Forbidden, WrongEpoch, InvalidRange, MessageTooLarge, NotSubscribed, RateLimited, Unsupported,
+		NotDelivered, BadPageSize}
 	require.Len(t, codes, len(pb.ErrorCode_name))
 	for _, c := range codes {
 		name, ok := pb.ErrorCode_name[int32(c)]

@@ -1,6 +1,6 @@
 // Command quicpush is the quicpush client CLI: it subscribes, publishes,
-// reads history and mints tokens, printing one JSON object per line on
-// stdout. Logs and
+// reads history, sends chat messages, reads inboxes and mints tokens,
+// printing one JSON object per line on stdout. Logs and
 // errors go to stderr. Exit status: 0 done, 1 failure (unreachable server,
 // refused, timed out, not all arrived), 2 bad usage.
 package main
@@ -57,6 +57,8 @@ type cli struct {
 	Sub     subCmd     `cmd:"" help:"Subscribe to channels and print each message handed over."`
 	Pub     pubCmd     `cmd:"" help:"Publish messages to a channel and print each acknowledgement."`
 	History historyCmd `cmd:"" help:"Print a channel's stored messages."`
+	Send    sendCmd    `cmd:"" help:"Send a chat message to a user and print the acknowledgement, then the delivered/read receipts."`
+	Inbox   inboxCmd   `cmd:"" help:"Read your inbox: the count of what waits, then the records in pages."`
 	Netem   netemCmd   `cmd:"" help:"Run a lossy UDP relay in front of a server (loss, delay, reordering, blackouts, NAT rebinding)."`
 	Token   tokenCmd   `cmd:"" help:"Mint a signed token (JWT) for a server that checks them."`
 	Bench   benchCmd   `cmd:"" help:"Benchmark a quicpush server it starts, beside a raw quic-go baseline (fanout, latency, idle, store, repair)."`

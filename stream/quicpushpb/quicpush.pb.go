@@ -157,6 +157,9 @@ const (
 	ErrorCode_NOT_SUBSCRIBED      ErrorCode = 517
 	ErrorCode_RATE_LIMITED        ErrorCode = 518
 	ErrorCode_UNSUPPORTED         ErrorCode = 519
+	// conversations (0x210-0x21f)
+	ErrorCode_NOT_DELIVERED ErrorCode = 528 // ReceiptRead for a seq the user never acknowledged
+	ErrorCode_BAD_PAGE_SIZE ErrorCode = 529 // InboxPull.limit 0 or above the server's maximum
 )
 
 // Enum value maps for ErrorCode.
@@ -186,6 +189,8 @@ var (
 		517: "NOT_SUBSCRIBED",
 		518: "RATE_LIMITED",
 		519: "UNSUPPORTED",
+		528: "NOT_DELIVERED",
+		529: "BAD_PAGE_SIZE",
 	}
 	ErrorCode_value = map[string]int32{
 		"NO_ERROR":            0,
@@ -212,6 +217,8 @@ var (
 		"NOT_SUBSCRIBED":      517,
 		"RATE_LIMITED":        518,
 		"UNSUPPORTED":         519,
+		"NOT_DELIVERED":       528,
+		"BAD_PAGE_SIZE":       529,
 	}
 )
 
@@ -291,6 +298,58 @@ func (HeadNotice_Reason) EnumDescriptor() ([]byte, []int) {
 	return file_quicpush_proto_rawDescGZIP(), []int{16, 0}
 }
 
+type InboxRecord_Kind int32
+
+const (
+	InboxRecord_KIND_MESSAGE   InboxRecord_Kind = 0 // a message from peer to the inbox's owner
+	InboxRecord_KIND_SENT      InboxRecord_Kind = 1 // a copy of a message the owner sent to peer (multi-device)
+	InboxRecord_KIND_DELIVERED InboxRecord_Kind = 2 // peer's client handled the owner's message id
+	InboxRecord_KIND_READ      InboxRecord_Kind = 3 // peer marked the owner's message id read
+)
+
+// Enum value maps for InboxRecord_Kind.
+var (
+	InboxRecord_Kind_name = map[int32]string{
+		0: "KIND_MESSAGE",
+		1: "KIND_SENT",
+		2: "KIND_DELIVERED",
+		3: "KIND_READ",
+	}
+	InboxRecord_Kind_value = map[string]int32{
+		"KIND_MESSAGE":   0,
+		"KIND_SENT":      1,
+		"KIND_DELIVERED": 2,
+		"KIND_READ":      3,
+	}
+)
+
+func (x InboxRecord_Kind) Enum() *InboxRecord_Kind {
+	p := new(InboxRecord_Kind)
+	*p = x
+	return p
+}
+
+func (x InboxRecord_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InboxRecord_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_quicpush_proto_enumTypes[4].Descriptor()
+}
+
+func (InboxRecord_Kind) Type() protoreflect.EnumType {
+	return &file_quicpush_proto_enumTypes[4]
+}
+
+func (x InboxRecord_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InboxRecord_Kind.Descriptor instead.
+func (InboxRecord_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{28, 0}
+}
+
 // Frame is the one message type on every stream. Exactly one body field is
 // set; a frame with none (for example one sent by a newer peer without the
 // matching feature bit) is rejected with FRAME_UNKNOWN.
@@ -318,6 +377,12 @@ type Frame struct {
 	//	*Frame_SessionOpened
 	//	*Frame_RepairRequest
 	//	*Frame_RepairEnd
+	//	*Frame_ChatSend
+	//	*Frame_ReceiptRead
+	//	*Frame_InboxCountRequest
+	//	*Frame_InboxCounts
+	//	*Frame_InboxPull
+	//	*Frame_InboxPage
 	//	*Frame_Error
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
@@ -541,6 +606,60 @@ func (x *Frame) GetRepairEnd() *RepairEnd {
 	return nil
 }
 
+func (x *Frame) GetChatSend() *ChatSend {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ChatSend); ok {
+			return x.ChatSend
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetReceiptRead() *ReceiptRead {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ReceiptRead); ok {
+			return x.ReceiptRead
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetInboxCountRequest() *InboxCountRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_InboxCountRequest); ok {
+			return x.InboxCountRequest
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetInboxCounts() *InboxCounts {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_InboxCounts); ok {
+			return x.InboxCounts
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetInboxPull() *InboxPull {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_InboxPull); ok {
+			return x.InboxPull
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetInboxPage() *InboxPage {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_InboxPage); ok {
+			return x.InboxPage
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetError() *Error {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Error); ok {
@@ -637,6 +756,31 @@ type Frame_RepairEnd struct {
 	RepairEnd *RepairEnd `protobuf:"bytes,21,opt,name=repair_end,json=repairEnd,proto3,oneof"`
 }
 
+type Frame_ChatSend struct {
+	// conversations and offline pages (feature bit 3, docs/PROTOCOL.md §15)
+	ChatSend *ChatSend `protobuf:"bytes,40,opt,name=chat_send,json=chatSend,proto3,oneof"` // session stream, C->S
+}
+
+type Frame_ReceiptRead struct {
+	ReceiptRead *ReceiptRead `protobuf:"bytes,41,opt,name=receipt_read,json=receiptRead,proto3,oneof"` // session stream, C->S
+}
+
+type Frame_InboxCountRequest struct {
+	InboxCountRequest *InboxCountRequest `protobuf:"bytes,42,opt,name=inbox_count_request,json=inboxCountRequest,proto3,oneof"` // first frame of a count stream
+}
+
+type Frame_InboxCounts struct {
+	InboxCounts *InboxCounts `protobuf:"bytes,43,opt,name=inbox_counts,json=inboxCounts,proto3,oneof"` // its answer
+}
+
+type Frame_InboxPull struct {
+	InboxPull *InboxPull `protobuf:"bytes,44,opt,name=inbox_pull,json=inboxPull,proto3,oneof"` // first frame of a page stream
+}
+
+type Frame_InboxPage struct {
+	InboxPage *InboxPage `protobuf:"bytes,45,opt,name=inbox_page,json=inboxPage,proto3,oneof"` // last frame of a page stream
+}
+
 type Frame_Error struct {
 	// any stream
 	Error *Error `protobuf:"bytes,30,opt,name=error,proto3,oneof"`
@@ -681,6 +825,18 @@ func (*Frame_SessionOpened) isFrame_Body() {}
 func (*Frame_RepairRequest) isFrame_Body() {}
 
 func (*Frame_RepairEnd) isFrame_Body() {}
+
+func (*Frame_ChatSend) isFrame_Body() {}
+
+func (*Frame_ReceiptRead) isFrame_Body() {}
+
+func (*Frame_InboxCountRequest) isFrame_Body() {}
+
+func (*Frame_InboxCounts) isFrame_Body() {}
+
+func (*Frame_InboxPull) isFrame_Body() {}
+
+func (*Frame_InboxPage) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
 
@@ -787,8 +943,12 @@ type Welcome struct {
 	// When the token expires (Unix ms; 0: never). The server closes the
 	// connection with UNAUTHORIZED then, unless the client sent a Refresh.
 	TokenExpiresUnixMs int64 `protobuf:"varint,12,opt,name=token_expires_unix_ms,json=tokenExpiresUnixMs,proto3" json:"token_expires_unix_ms,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The page size for offline pulls (InboxPull.limit) and the largest the
+	// server accepts (feature bit 3).
+	InboxPageSize    uint32 `protobuf:"varint,13,opt,name=inbox_page_size,json=inboxPageSize,proto3" json:"inbox_page_size,omitempty"`
+	InboxMaxPageSize uint32 `protobuf:"varint,14,opt,name=inbox_max_page_size,json=inboxMaxPageSize,proto3" json:"inbox_max_page_size,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -901,6 +1061,20 @@ func (x *Welcome) GetAckDelayMs() uint32 {
 func (x *Welcome) GetTokenExpiresUnixMs() int64 {
 	if x != nil {
 		return x.TokenExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *Welcome) GetInboxPageSize() uint32 {
+	if x != nil {
+		return x.InboxPageSize
+	}
+	return 0
+}
+
+func (x *Welcome) GetInboxMaxPageSize() uint32 {
+	if x != nil {
+		return x.InboxMaxPageSize
 	}
 	return 0
 }
@@ -2142,6 +2316,597 @@ func (x *RepairEnd) GetEpoch() uint64 {
 	return 0
 }
 
+// ChatSend (R of R/A/N) sends data to user `to`: the server stores it once
+// in the inbox channel "user/<to>/inbox" (idempotency key: that channel,
+// the sender, id) and a copy in the sender's own inbox, then answers with
+// a PublishAck (A) whose channel is the recipient's inbox and whose seq is
+// the message's seq there. The recipient's subscription gets it as a Push
+// (N). Retransmitted by the client, with the same id, until answered.
+type ChatSend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Id            string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`     // required: 1 to 128 bytes, no control character
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"` // at most 65536 - 512 bytes (the record wraps it)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatSend) Reset() {
+	*x = ChatSend{}
+	mi := &file_quicpush_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatSend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatSend) ProtoMessage() {}
+
+func (x *ChatSend) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatSend.ProtoReflect.Descriptor instead.
+func (*ChatSend) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChatSend) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ChatSend) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *ChatSend) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ChatSend) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// ReceiptRead marks message seq of the user's own inbox (epoch) as read: the
+// server appends a READ receipt to its sender's inbox and answers with a
+// PublishAck (channel: the sender's inbox; seq: the receipt's). Only a
+// message the user's clients have acknowledged (delivered) can be read.
+type ReceiptRead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiptRead) Reset() {
+	*x = ReceiptRead{}
+	mi := &file_quicpush_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiptRead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiptRead) ProtoMessage() {}
+
+func (x *ReceiptRead) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiptRead.ProtoReflect.Descriptor instead.
+func (*ReceiptRead) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReceiptRead) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ReceiptRead) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReceiptRead) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// InboxCountRequest is the first and only client frame of a count stream:
+// how many messages wait on each channel for this user.
+type InboxCountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channels      []string               `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"` // at most 64
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxCountRequest) Reset() {
+	*x = InboxCountRequest{}
+	mi := &file_quicpush_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxCountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxCountRequest) ProtoMessage() {}
+
+func (x *InboxCountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxCountRequest.ProtoReflect.Descriptor instead.
+func (*InboxCountRequest) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *InboxCountRequest) GetChannels() []string {
+	if x != nil {
+		return x.Channels
+	}
+	return nil
+}
+
+// InboxCounts answers InboxCountRequest, one entry per channel in order;
+// then the server ends the stream.
+type InboxCounts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Counts        []*InboxCount          `protobuf:"bytes,1,rep,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxCounts) Reset() {
+	*x = InboxCounts{}
+	mi := &file_quicpush_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxCounts) ProtoMessage() {}
+
+func (x *InboxCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxCounts.ProtoReflect.Descriptor instead.
+func (*InboxCounts) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *InboxCounts) GetCounts() []*InboxCount {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+type InboxCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Head          uint64                 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
+	FirstRetained uint64                 `protobuf:"varint,4,opt,name=first_retained,json=firstRetained,proto3" json:"first_retained,omitempty"`
+	Acked         uint64                 `protobuf:"varint,5,opt,name=acked,proto3" json:"acked,omitempty"`     // the user's acknowledged cursor (0 if of another epoch)
+	Waiting       uint64                 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"` // retained messages after acked: head - max(acked, first_retained - 1)
+	Error         *Error                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`      // set instead when the channel cannot be counted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxCount) Reset() {
+	*x = InboxCount{}
+	mi := &file_quicpush_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxCount) ProtoMessage() {}
+
+func (x *InboxCount) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxCount.ProtoReflect.Descriptor instead.
+func (*InboxCount) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *InboxCount) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *InboxCount) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InboxCount) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *InboxCount) GetFirstRetained() uint64 {
+	if x != nil {
+		return x.FirstRetained
+	}
+	return 0
+}
+
+func (x *InboxCount) GetAcked() uint64 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *InboxCount) GetWaiting() uint64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *InboxCount) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+// InboxPull is the first and only client frame of a page stream: send the
+// channel's messages after `after` (at most limit; newest: the last limit
+// up to the head), as Pushes, then an InboxPage. The ack (ack_epoch,
+// ack_seq), if ack_seq > 0, is a cumulative Ack riding on the request (the
+// client has handled the previous page); it is applied only if the pull is
+// valid.
+type InboxPull struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // 0: the current epoch; else must be current (WRONG_EPOCH)
+	After         uint64                 `protobuf:"varint,3,opt,name=after,proto3" json:"after,omitempty"`
+	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"` // 1 .. Welcome.inbox_max_page_size (else BAD_PAGE_SIZE)
+	Newest        bool                   `protobuf:"varint,5,opt,name=newest,proto3" json:"newest,omitempty"`
+	AckEpoch      uint64                 `protobuf:"varint,6,opt,name=ack_epoch,json=ackEpoch,proto3" json:"ack_epoch,omitempty"`
+	AckSeq        uint64                 `protobuf:"varint,7,opt,name=ack_seq,json=ackSeq,proto3" json:"ack_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxPull) Reset() {
+	*x = InboxPull{}
+	mi := &file_quicpush_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxPull) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxPull) ProtoMessage() {}
+
+func (x *InboxPull) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxPull.ProtoReflect.Descriptor instead.
+func (*InboxPull) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *InboxPull) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *InboxPull) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InboxPull) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *InboxPull) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *InboxPull) GetNewest() bool {
+	if x != nil {
+		return x.Newest
+	}
+	return false
+}
+
+func (x *InboxPull) GetAckEpoch() uint64 {
+	if x != nil {
+		return x.AckEpoch
+	}
+	return 0
+}
+
+func (x *InboxPull) GetAckSeq() uint64 {
+	if x != nil {
+		return x.AckSeq
+	}
+	return 0
+}
+
+// InboxPage ends a page stream: the Pushes covered from..next-1.
+type InboxPage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	From          uint64                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	Next          uint64                 `protobuf:"varint,3,opt,name=next,proto3" json:"next,omitempty"`
+	Head          uint64                 `protobuf:"varint,4,opt,name=head,proto3" json:"head,omitempty"`
+	FirstRetained uint64                 `protobuf:"varint,5,opt,name=first_retained,json=firstRetained,proto3" json:"first_retained,omitempty"`
+	Waiting       uint64                 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"` // messages after next-1 up to the head
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxPage) Reset() {
+	*x = InboxPage{}
+	mi := &file_quicpush_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxPage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxPage) ProtoMessage() {}
+
+func (x *InboxPage) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxPage.ProtoReflect.Descriptor instead.
+func (*InboxPage) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *InboxPage) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InboxPage) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *InboxPage) GetNext() uint64 {
+	if x != nil {
+		return x.Next
+	}
+	return 0
+}
+
+func (x *InboxPage) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *InboxPage) GetFirstRetained() uint64 {
+	if x != nil {
+		return x.FirstRetained
+	}
+	return 0
+}
+
+func (x *InboxPage) GetWaiting() uint64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+// InboxRecord is the data of every message in an inbox channel
+// ("user/<name>/inbox"); only the server writes them.
+type InboxRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          InboxRecord_Kind       `protobuf:"varint,1,opt,name=kind,proto3,enum=quicpush.v1.InboxRecord_Kind" json:"kind,omitempty"`
+	Peer          string                 `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	Id            string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`                                 // the sender's client message id
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`                             // MESSAGE, SENT
+	PeerEpoch     uint64                 `protobuf:"varint,5,opt,name=peer_epoch,json=peerEpoch,proto3" json:"peer_epoch,omitempty"` // DELIVERED, READ: where the message is in peer's inbox
+	PeerSeq       uint64                 `protobuf:"varint,6,opt,name=peer_seq,json=peerSeq,proto3" json:"peer_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboxRecord) Reset() {
+	*x = InboxRecord{}
+	mi := &file_quicpush_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboxRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboxRecord) ProtoMessage() {}
+
+func (x *InboxRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_quicpush_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboxRecord.ProtoReflect.Descriptor instead.
+func (*InboxRecord) Descriptor() ([]byte, []int) {
+	return file_quicpush_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *InboxRecord) GetKind() InboxRecord_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return InboxRecord_KIND_MESSAGE
+}
+
+func (x *InboxRecord) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *InboxRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InboxRecord) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *InboxRecord) GetPeerEpoch() uint64 {
+	if x != nil {
+		return x.PeerEpoch
+	}
+	return 0
+}
+
+func (x *InboxRecord) GetPeerSeq() uint64 {
+	if x != nil {
+		return x.PeerSeq
+	}
+	return 0
+}
+
 // Error reports a failed request, or why a stream or connection is closed.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2156,7 +2921,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_quicpush_proto_msgTypes[21]
+	mi := &file_quicpush_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2933,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_quicpush_proto_msgTypes[21]
+	mi := &file_quicpush_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2946,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_quicpush_proto_rawDescGZIP(), []int{21}
+	return file_quicpush_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2223,7 +2988,7 @@ var File_quicpush_proto protoreflect.FileDescriptor
 
 const file_quicpush_proto_rawDesc = "" +
 	"\n" +
-	"\x0equicpush.proto\x12\vquicpush.v1\"\xda\b\n" +
+	"\x0equicpush.proto\x12\vquicpush.v1\"\xd2\v\n" +
 	"\x05Frame\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.quicpush.v1.HelloH\x00R\x05hello\x120\n" +
 	"\awelcome\x18\x02 \x01(\v2\x14.quicpush.v1.WelcomeH\x00R\awelcome\x12'\n" +
@@ -2250,7 +3015,15 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x0esession_opened\x18\x16 \x01(\v2\x1a.quicpush.v1.SessionOpenedH\x00R\rsessionOpened\x12C\n" +
 	"\x0erepair_request\x18\x14 \x01(\v2\x1a.quicpush.v1.RepairRequestH\x00R\rrepairRequest\x127\n" +
 	"\n" +
-	"repair_end\x18\x15 \x01(\v2\x16.quicpush.v1.RepairEndH\x00R\trepairEnd\x12*\n" +
+	"repair_end\x18\x15 \x01(\v2\x16.quicpush.v1.RepairEndH\x00R\trepairEnd\x124\n" +
+	"\tchat_send\x18( \x01(\v2\x15.quicpush.v1.ChatSendH\x00R\bchatSend\x12=\n" +
+	"\freceipt_read\x18) \x01(\v2\x18.quicpush.v1.ReceiptReadH\x00R\vreceiptRead\x12P\n" +
+	"\x13inbox_count_request\x18* \x01(\v2\x1e.quicpush.v1.InboxCountRequestH\x00R\x11inboxCountRequest\x12=\n" +
+	"\finbox_counts\x18+ \x01(\v2\x18.quicpush.v1.InboxCountsH\x00R\vinboxCounts\x127\n" +
+	"\n" +
+	"inbox_pull\x18, \x01(\v2\x16.quicpush.v1.InboxPullH\x00R\tinboxPull\x127\n" +
+	"\n" +
+	"inbox_page\x18- \x01(\v2\x16.quicpush.v1.InboxPageH\x00R\tinboxPage\x12*\n" +
 	"\x05error\x18\x1e \x01(\v2\x12.quicpush.v1.ErrorH\x00R\x05errorB\x06\n" +
 	"\x04body\"\xa3\x01\n" +
 	"\x05Hello\x12\x18\n" +
@@ -2259,7 +3032,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\bfeatures\x18\x03 \x01(\x04R\bfeatures\x12\x14\n" +
 	"\x05token\x18\x04 \x01(\tR\x05token\x12\x1b\n" +
 	"\tclient_id\x18\x05 \x01(\tR\bclientId\x12\x1b\n" +
-	"\tdevice_id\x18\x06 \x01(\tR\bdeviceId\"\x99\x03\n" +
+	"\tdevice_id\x18\x06 \x01(\tR\bdeviceId\"\xf0\x03\n" +
 	"\aWelcome\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05minor\x18\x02 \x01(\rR\x05minor\x12\x1a\n" +
@@ -2275,7 +3048,9 @@ const file_quicpush_proto_rawDesc = "" +
 	" \x01(\rR\fmaxFrameSize\x12 \n" +
 	"\fack_delay_ms\x18\v \x01(\rR\n" +
 	"ackDelayMs\x121\n" +
-	"\x15token_expires_unix_ms\x18\f \x01(\x03R\x12tokenExpiresUnixMs\"\x1f\n" +
+	"\x15token_expires_unix_ms\x18\f \x01(\x03R\x12tokenExpiresUnixMs\x12&\n" +
+	"\x0finbox_page_size\x18\r \x01(\rR\rinboxPageSize\x12-\n" +
+	"\x13inbox_max_page_size\x18\x0e \x01(\rR\x10inboxMaxPageSize\"\x1f\n" +
 	"\aRefresh\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\">\n" +
 	"\tRefreshed\x121\n" +
@@ -2375,7 +3150,59 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x04next\x18\x01 \x01(\x04R\x04next\x12%\n" +
 	"\x0efirst_retained\x18\x02 \x01(\x04R\rfirstRetained\x12\x12\n" +
 	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xac\x01\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"]\n" +
+	"\bChatSend\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"T\n" +
+	"\vReceiptRead\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"/\n" +
+	"\x11InboxCountRequest\x12\x1a\n" +
+	"\bchannels\x18\x01 \x03(\tR\bchannels\">\n" +
+	"\vInboxCounts\x12/\n" +
+	"\x06counts\x18\x01 \x03(\v2\x17.quicpush.v1.InboxCountR\x06counts\"\xd1\x01\n" +
+	"\n" +
+	"InboxCount\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x12%\n" +
+	"\x0efirst_retained\x18\x04 \x01(\x04R\rfirstRetained\x12\x14\n" +
+	"\x05acked\x18\x05 \x01(\x04R\x05acked\x12\x18\n" +
+	"\awaiting\x18\x06 \x01(\x04R\awaiting\x12(\n" +
+	"\x05error\x18\a \x01(\v2\x12.quicpush.v1.ErrorR\x05error\"\xb5\x01\n" +
+	"\tInboxPull\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\x04R\x05after\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06newest\x18\x05 \x01(\bR\x06newest\x12\x1b\n" +
+	"\tack_epoch\x18\x06 \x01(\x04R\backEpoch\x12\x17\n" +
+	"\aack_seq\x18\a \x01(\x04R\x06ackSeq\"\x9e\x01\n" +
+	"\tInboxPage\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x12\n" +
+	"\x04next\x18\x03 \x01(\x04R\x04next\x12\x12\n" +
+	"\x04head\x18\x04 \x01(\x04R\x04head\x12%\n" +
+	"\x0efirst_retained\x18\x05 \x01(\x04R\rfirstRetained\x12\x18\n" +
+	"\awaiting\x18\x06 \x01(\x04R\awaiting\"\xfe\x01\n" +
+	"\vInboxRecord\x121\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1d.quicpush.v1.InboxRecord.KindR\x04kind\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\x12\x1d\n" +
+	"\n" +
+	"peer_epoch\x18\x05 \x01(\x04R\tpeerEpoch\x12\x19\n" +
+	"\bpeer_seq\x18\x06 \x01(\x04R\apeerSeq\"J\n" +
+	"\x04Kind\x12\x10\n" +
+	"\fKIND_MESSAGE\x10\x00\x12\r\n" +
+	"\tKIND_SENT\x10\x01\x12\x12\n" +
+	"\x0eKIND_DELIVERED\x10\x02\x12\r\n" +
+	"\tKIND_READ\x10\x03\"\xac\x01\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.quicpush.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
@@ -2388,7 +3215,7 @@ const file_quicpush_proto_rawDesc = "" +
 	"\vSTART_AFTER\x10\x01*0\n" +
 	"\x05Class\x12\x12\n" +
 	"\x0eCLASS_RELIABLE\x10\x00\x12\x13\n" +
-	"\x0fCLASS_DROPPABLE\x10\x01*\xe3\x03\n" +
+	"\x0fCLASS_DROPPABLE\x10\x01*\x8b\x04\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x11\n" +
@@ -2414,7 +3241,9 @@ const file_quicpush_proto_rawDesc = "" +
 	"\x11MESSAGE_TOO_LARGE\x10\x84\x04\x12\x13\n" +
 	"\x0eNOT_SUBSCRIBED\x10\x85\x04\x12\x11\n" +
 	"\fRATE_LIMITED\x10\x86\x04\x12\x10\n" +
-	"\vUNSUPPORTED\x10\x87\x04B0Z.github.com/quicpush/quicpush/stream/quicpushpbb\x06proto3"
+	"\vUNSUPPORTED\x10\x87\x04\x12\x12\n" +
+	"\rNOT_DELIVERED\x10\x90\x04\x12\x12\n" +
+	"\rBAD_PAGE_SIZE\x10\x91\x04B0Z.github.com/quicpush/quicpush/stream/quicpushpbb\x06proto3"
 
 var (
 	file_quicpush_proto_rawDescOnce sync.Once
@@ -2428,69 +3257,87 @@ func file_quicpush_proto_rawDescGZIP() []byte {
 	return file_quicpush_proto_rawDescData
 }
 
-var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_quicpush_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_quicpush_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_quicpush_proto_goTypes = []any{
-	(Start)(0),             // 0: quicpush.v1.Start
-	(Class)(0),             // 1: quicpush.v1.Class
-	(ErrorCode)(0),         // 2: quicpush.v1.ErrorCode
-	(HeadNotice_Reason)(0), // 3: quicpush.v1.HeadNotice.Reason
-	(*Frame)(nil),          // 4: quicpush.v1.Frame
-	(*Hello)(nil),          // 5: quicpush.v1.Hello
-	(*Welcome)(nil),        // 6: quicpush.v1.Welcome
-	(*Refresh)(nil),        // 7: quicpush.v1.Refresh
-	(*Refreshed)(nil),      // 8: quicpush.v1.Refreshed
-	(*Ping)(nil),           // 9: quicpush.v1.Ping
-	(*Pong)(nil),           // 10: quicpush.v1.Pong
-	(*GoAway)(nil),         // 11: quicpush.v1.GoAway
-	(*SessionOpen)(nil),    // 12: quicpush.v1.SessionOpen
-	(*Subscribe)(nil),      // 13: quicpush.v1.Subscribe
-	(*Subscribed)(nil),     // 14: quicpush.v1.Subscribed
-	(*Unsubscribe)(nil),    // 15: quicpush.v1.Unsubscribe
-	(*Push)(nil),           // 16: quicpush.v1.Push
-	(*Ack)(nil),            // 17: quicpush.v1.Ack
-	(*Publish)(nil),        // 18: quicpush.v1.Publish
-	(*PublishAck)(nil),     // 19: quicpush.v1.PublishAck
-	(*HeadNotice)(nil),     // 20: quicpush.v1.HeadNotice
-	(*Shed)(nil),           // 21: quicpush.v1.Shed
-	(*SessionOpened)(nil),  // 22: quicpush.v1.SessionOpened
-	(*RepairRequest)(nil),  // 23: quicpush.v1.RepairRequest
-	(*RepairEnd)(nil),      // 24: quicpush.v1.RepairEnd
-	(*Error)(nil),          // 25: quicpush.v1.Error
+	(Start)(0),                // 0: quicpush.v1.Start
+	(Class)(0),                // 1: quicpush.v1.Class
+	(ErrorCode)(0),            // 2: quicpush.v1.ErrorCode
+	(HeadNotice_Reason)(0),    // 3: quicpush.v1.HeadNotice.Reason
+	(InboxRecord_Kind)(0),     // 4: quicpush.v1.InboxRecord.Kind
+	(*Frame)(nil),             // 5: quicpush.v1.Frame
+	(*Hello)(nil),             // 6: quicpush.v1.Hello
+	(*Welcome)(nil),           // 7: quicpush.v1.Welcome
+	(*Refresh)(nil),           // 8: quicpush.v1.Refresh
+	(*Refreshed)(nil),         // 9: quicpush.v1.Refreshed
+	(*Ping)(nil),              // 10: quicpush.v1.Ping
+	(*Pong)(nil),              // 11: quicpush.v1.Pong
+	(*GoAway)(nil),            // 12: quicpush.v1.GoAway
+	(*SessionOpen)(nil),       // 13: quicpush.v1.SessionOpen
+	(*Subscribe)(nil),         // 14: quicpush.v1.Subscribe
+	(*Subscribed)(nil),        // 15: quicpush.v1.Subscribed
+	(*Unsubscribe)(nil),       // 16: quicpush.v1.Unsubscribe
+	(*Push)(nil),              // 17: quicpush.v1.Push
+	(*Ack)(nil),               // 18: quicpush.v1.Ack
+	(*Publish)(nil),           // 19: quicpush.v1.Publish
+	(*PublishAck)(nil),        // 20: quicpush.v1.PublishAck
+	(*HeadNotice)(nil),        // 21: quicpush.v1.HeadNotice
+	(*Shed)(nil),              // 22: quicpush.v1.Shed
+	(*SessionOpened)(nil),     // 23: quicpush.v1.SessionOpened
+	(*RepairRequest)(nil),     // 24: quicpush.v1.RepairRequest
+	(*RepairEnd)(nil),         // 25: quicpush.v1.RepairEnd
+	(*ChatSend)(nil),          // 26: quicpush.v1.ChatSend
+	(*ReceiptRead)(nil),       // 27: quicpush.v1.ReceiptRead
+	(*InboxCountRequest)(nil), // 28: quicpush.v1.InboxCountRequest
+	(*InboxCounts)(nil),       // 29: quicpush.v1.InboxCounts
+	(*InboxCount)(nil),        // 30: quicpush.v1.InboxCount
+	(*InboxPull)(nil),         // 31: quicpush.v1.InboxPull
+	(*InboxPage)(nil),         // 32: quicpush.v1.InboxPage
+	(*InboxRecord)(nil),       // 33: quicpush.v1.InboxRecord
+	(*Error)(nil),             // 34: quicpush.v1.Error
 }
 var file_quicpush_proto_depIdxs = []int32{
-	5,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
-	6,  // 1: quicpush.v1.Frame.welcome:type_name -> quicpush.v1.Welcome
-	9,  // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
-	10, // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
-	11, // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
-	7,  // 5: quicpush.v1.Frame.refresh:type_name -> quicpush.v1.Refresh
-	8,  // 6: quicpush.v1.Frame.refreshed:type_name -> quicpush.v1.Refreshed
-	12, // 7: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
-	13, // 8: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
-	14, // 9: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
-	15, // 10: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
-	16, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
-	17, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
-	18, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
-	19, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
-	20, // 15: quicpush.v1.Frame.head_notice:type_name -> quicpush.v1.HeadNotice
-	21, // 16: quicpush.v1.Frame.shed:type_name -> quicpush.v1.Shed
-	22, // 17: quicpush.v1.Frame.session_opened:type_name -> quicpush.v1.SessionOpened
-	23, // 18: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
-	24, // 19: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
-	25, // 20: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
-	2,  // 21: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
-	0,  // 22: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
-	1,  // 23: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
-	1,  // 24: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
-	3,  // 25: quicpush.v1.HeadNotice.reason:type_name -> quicpush.v1.HeadNotice.Reason
-	2,  // 26: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	6,  // 0: quicpush.v1.Frame.hello:type_name -> quicpush.v1.Hello
+	7,  // 1: quicpush.v1.Frame.welcome:type_name -> quicpush.v1.Welcome
+	10, // 2: quicpush.v1.Frame.ping:type_name -> quicpush.v1.Ping
+	11, // 3: quicpush.v1.Frame.pong:type_name -> quicpush.v1.Pong
+	12, // 4: quicpush.v1.Frame.go_away:type_name -> quicpush.v1.GoAway
+	8,  // 5: quicpush.v1.Frame.refresh:type_name -> quicpush.v1.Refresh
+	9,  // 6: quicpush.v1.Frame.refreshed:type_name -> quicpush.v1.Refreshed
+	13, // 7: quicpush.v1.Frame.session_open:type_name -> quicpush.v1.SessionOpen
+	14, // 8: quicpush.v1.Frame.subscribe:type_name -> quicpush.v1.Subscribe
+	15, // 9: quicpush.v1.Frame.subscribed:type_name -> quicpush.v1.Subscribed
+	16, // 10: quicpush.v1.Frame.unsubscribe:type_name -> quicpush.v1.Unsubscribe
+	17, // 11: quicpush.v1.Frame.push:type_name -> quicpush.v1.Push
+	18, // 12: quicpush.v1.Frame.ack:type_name -> quicpush.v1.Ack
+	19, // 13: quicpush.v1.Frame.publish:type_name -> quicpush.v1.Publish
+	20, // 14: quicpush.v1.Frame.publish_ack:type_name -> quicpush.v1.PublishAck
+	21, // 15: quicpush.v1.Frame.head_notice:type_name -> quicpush.v1.HeadNotice
+	22, // 16: quicpush.v1.Frame.shed:type_name -> quicpush.v1.Shed
+	23, // 17: quicpush.v1.Frame.session_opened:type_name -> quicpush.v1.SessionOpened
+	24, // 18: quicpush.v1.Frame.repair_request:type_name -> quicpush.v1.RepairRequest
+	25, // 19: quicpush.v1.Frame.repair_end:type_name -> quicpush.v1.RepairEnd
+	26, // 20: quicpush.v1.Frame.chat_send:type_name -> quicpush.v1.ChatSend
+	27, // 21: quicpush.v1.Frame.receipt_read:type_name -> quicpush.v1.ReceiptRead
+	28, // 22: quicpush.v1.Frame.inbox_count_request:type_name -> quicpush.v1.InboxCountRequest
+	29, // 23: quicpush.v1.Frame.inbox_counts:type_name -> quicpush.v1.InboxCounts
+	31, // 24: quicpush.v1.Frame.inbox_pull:type_name -> quicpush.v1.InboxPull
+	32, // 25: quicpush.v1.Frame.inbox_page:type_name -> quicpush.v1.InboxPage
+	34, // 26: quicpush.v1.Frame.error:type_name -> quicpush.v1.Error
+	2,  // 27: quicpush.v1.GoAway.code:type_name -> quicpush.v1.ErrorCode
+	0,  // 28: quicpush.v1.Subscribe.start:type_name -> quicpush.v1.Start
+	1,  // 29: quicpush.v1.Push.class:type_name -> quicpush.v1.Class
+	1,  // 30: quicpush.v1.Publish.class:type_name -> quicpush.v1.Class
+	3,  // 31: quicpush.v1.HeadNotice.reason:type_name -> quicpush.v1.HeadNotice.Reason
+	30, // 32: quicpush.v1.InboxCounts.counts:type_name -> quicpush.v1.InboxCount
+	34, // 33: quicpush.v1.InboxCount.error:type_name -> quicpush.v1.Error
+	4,  // 34: quicpush.v1.InboxRecord.kind:type_name -> quicpush.v1.InboxRecord.Kind
+	2,  // 35: quicpush.v1.Error.code:type_name -> quicpush.v1.ErrorCode
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_quicpush_proto_init() }
@@ -2519,6 +3366,12 @@ func file_quicpush_proto_init() {
 		(*Frame_SessionOpened)(nil),
 		(*Frame_RepairRequest)(nil),
 		(*Frame_RepairEnd)(nil),
+		(*Frame_ChatSend)(nil),
+		(*Frame_ReceiptRead)(nil),
+		(*Frame_InboxCountRequest)(nil),
+		(*Frame_InboxCounts)(nil),
+		(*Frame_InboxPull)(nil),
+		(*Frame_InboxPage)(nil),
 		(*Frame_Error)(nil),
 	}
 	type x struct{}
@@ -2526,8 +3379,8 @@ func file_quicpush_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quicpush_proto_rawDesc), len(file_quicpush_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   22,
+			NumEnums:      5,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
