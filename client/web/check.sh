@@ -12,10 +12,10 @@ cp ../../stream/quicpush.proto "$tmp/stream/"
 tar --exclude=./node_modules --exclude=./dist --exclude=./src/gen -cf - . | tar -xf - -C "$tmp/client/web"
 npm --prefix "$tmp/client/web" run build --silent
 status=0
-diff -r src/gen "$tmp/client/web/src/gen" || status=1
-diff -r dist "$tmp/client/web/dist" || status=1
+diff -rq src/gen "$tmp/client/web/src/gen" || status=1
+diff -rq dist "$tmp/client/web/dist" || status=1
 if [ "$status" != 0 ]; then
-  echo "client/web: the committed bundle differs from its sources: run 'npm --prefix client/web run build' and commit dist/ and src/gen/" >&2
+  echo "client/web: the committed bundle differs from its sources: run 'npm --prefix client/web run build' and commit dist/ and src/gen/ (stream/quicpush.proto changed?)" >&2
   exit 1
 fi
 npm --prefix "$tmp/client/web" test --silent
