@@ -3700,6 +3700,7 @@ var Connection = class _Connection {
     this.goAwayMs = 0;
     this.lastPong = Date.now();
     this.closeInfo = null;
+    this.toldClose = null;
     this.closedByUs = false;
     this.timers = /* @__PURE__ */ new Set();
     this.done = new Promise((resolve) => this.resolveDone = resolve);
@@ -3774,11 +3775,16 @@ var Connection = class _Connection {
     if (this.features & FeatureCriticalCopies) this.readCopies();
   }
   async readControl(r) {
+    let lastError = null;
     try {
       for (; ; ) {
         const f = await r.read();
-        if (!f) break;
+        if (!f) {
+          if (lastError) this.toldClose = { code: lastError.code, reason: lastError.message };
+          break;
+        }
         const v = f.body.value;
+        lastError = f.body.case === "error" ? v : null;
         switch (f.body.case) {
           case "pong":
             this.lastPong = Date.now();
@@ -3898,6 +3904,7 @@ var Connection = class _Connection {
   }
   ended(info) {
     if (this.closeInfo) return;
+    if (this.toldClose) info = { ...info, ...this.toldClose, remote: true };
     this.closeInfo = info;
     for (const t of this.timers) t.clear();
     this.timers.clear();
@@ -3920,7 +3927,7 @@ var Connection = class _Connection {
       this.wt.close({ closeCode: code, reason: reason.slice(0, 1e3) });
     } catch {
     }
-    this.ended({ code, reason, remote: false });
+    this.ended(this.toldClose ? { ...this.toldClose, remote: true } : { code, reason, remote: false });
   }
 };
 

@@ -97,6 +97,7 @@ export class Connection {
     this.goAwayMs = 0;
     this.lastPong = Date.now();
     this.closeInfo = null; // {code, reason, remote} once the session has ended
+    this.toldClose = null; // {code, reason} of an Error frame on the control stream
     this.closedByUs = false;
     this.timers = new Set();
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -175,11 +176,18 @@ export class Connection {
   }
 
   async readControl(r) {
+    let lastError = null;
     try {
       for (;;) {
         const f = await r.read();
-        if (!f) break;
+        if (!f) {
+          // An Error frame that ends the control stream is the server's
+          // close, told here because browsers lose a session's close code.
+          if (lastError) this.toldClose = { code: lastError.code, reason: lastError.message };
+          break;
+        }
         const v = f.body.value;
+        lastError = f.body.case === "error" ? v : null;
         switch (f.body.case) {
           case "pong":
             this.lastPong = Date.now();
@@ -309,6 +317,7 @@ export class Connection {
 
   ended(info) {
     if (this.closeInfo) return;
+    if (this.toldClose) info = { ...info, ...this.toldClose, remote: true };
     this.closeInfo = info;
     for (const t of this.timers) t.clear();
     this.timers.clear();
@@ -335,6 +344,6 @@ export class Connection {
     } catch {
       // already closed or never opened
     }
-    this.ended({ code, reason, remote: false });
+    this.ended(this.toldClose ? { ...this.toldClose, remote: true } : { code, reason, remote: false });
   }
 }
