@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +22,10 @@ import (
 	"github.com/quicpush/quicpush/internal/netem"
 )
 
-var criticalBench = flag.Bool("chaos.critical", false, "measure critical-message latency, bytes and server CPU with redundancy off and on (about 5 minutes)")
+var (
+	criticalBench  = flag.Bool("chaos.critical", false, "measure critical-message latency, bytes and server CPU with redundancy off and on (about 10 minutes)")
+	criticalLosses = flag.String("chaos.critical.loss", "0,2,5,10", "with -chaos.critical: the loss percentages to measure (to run a disturbed row again)")
+)
 
 // TestCriticalRedundancy measures, through the lossy relay (50 ms RTT),
 // critical messages to 200 subscribers with redundant copies off and on,
@@ -33,16 +37,21 @@ var criticalBench = flag.Bool("chaos.critical", false, "measure critical-message
 func TestCriticalRedundancy(t *testing.T) {
 	losses, subscribers, perCell := []float64{5}, 20, 3*time.Second
 	if *criticalBench {
-		losses, subscribers, perCell = []float64{0, 2, 5, 10}, 200, 10*time.Second
+		losses, subscribers, perCell = nil, 200, 10*time.Second
+		for _, f := range strings.Split(*criticalLosses, ",") {
+			loss, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			require.NoError(t, err, "-chaos.critical.loss")
+			losses = append(losses, loss)
+		}
 	}
 	var rows []string
 	for _, loss := range losses {
 		var r [2]criticalResult // off, on
 		for i, on := range []bool{false, true} {
 			r[i] = runCritical(t, loss, on, subscribers, perCell)
-			t.Logf("loss %v%%, copies %v: %d deliveries in %.1f s, p50 %.0f ms, p99 %.0f ms, max %.0f ms, %.0f bytes/delivery (copies %.0f), server CPU %.0f µs/delivery, copies first/received %d/%d; other processes %.2f cores, load average %s",
+			t.Logf("loss %v%%, copies %v: %d deliveries in %.1f s, p50 %.0f ms, p99 %.0f ms, max %.0f ms, %.0f bytes/delivery (copies %.0f), server CPU %.0f µs/delivery, copies first/received %d/%d; cores used by the clients and relay %.2f, by other processes %.2f, load average %s",
 				loss, map[bool]string{false: "off", true: "on"}[on], r[i].deliveries, r[i].phase.Seconds(), r[i].p50, r[i].p99, r[i].max,
-				r[i].bytesPerDelivery, r[i].copyBytesPerDelivery, r[i].cpuPerDelivery, r[i].copiesFirst, r[i].copiesFirst+r[i].copiesWasted, r[i].otherCores, r[i].loadAvg)
+				r[i].bytesPerDelivery, r[i].copyBytesPerDelivery, r[i].cpuPerDelivery, r[i].copiesFirst, r[i].copiesFirst+r[i].copiesWasted, r[i].ownCores, r[i].otherCores, r[i].loadAvg)
 		}
 		off, on := r[0], r[1]
 		rows = append(rows, fmt.Sprintf("| %v%% | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.2f / %.2f |",
@@ -62,7 +71,7 @@ type criticalResult struct {
 	copyBytesPerDelivery      float64       // of which redundant copies
 	cpuPerDelivery            float64       // µs of the server process in the phase
 	copiesFirst, copiesWasted uint64
-	otherCores                float64 // CPU of other processes on the machine in the phase
+	ownCores, otherCores      float64 // CPU of this process (clients, relay) and of other processes on the machine in the phase
 	loadAvg                   string
 }
 
@@ -92,16 +101,23 @@ func runCritical(t *testing.T, loss float64, copies bool, subscribers int, durat
 	var latencies []time.Duration
 	got := make([][]uint64, subscribers) // per subscriber: the reliable seqs handed over, in order
 	delivered := 0
-	var subs []*client.Client
+	subs := make([]*client.Client, subscribers)
 	defer func() {
 		for _, c := range subs {
-			c.Close()
+			if c != nil {
+				c.Close()
+			}
 		}
 	}()
-	for i := range subscribers {
-		c := dial(relay.Addr().String())
-		subs = append(subs, c)
-		_, err := c.Session("s").Subscribe(context.Background(), "room/live", client.SubscribeOptions{}, func(m client.Message) error {
+	subscribe := func(i int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, relay.Addr().String(), client.Config{TLSConfig: &tls.Config{RootCAs: pool}, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		subs[i] = c
+		_, err = c.Session("s").Subscribe(ctx, "room/live", client.SubscribeOptions{}, func(m client.Message) error {
 			if m.Droppable {
 				return nil // chat; every reliable message here is critical (a repaired one does not say so)
 			}
@@ -112,7 +128,23 @@ func runCritical(t *testing.T, loss float64, copies bool, subscribers int, durat
 			latencies = append(latencies, time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(m.Data)))))
 			return nil
 		})
-		require.NoError(t, err)
+		return err
+	}
+	// A few at a time: one by one, 200 handshakes through the 50 ms RTT
+	// take most of a cell's time.
+	errs := make([]error, subscribers)
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 8)
+	for i := range subscribers {
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			errs[i] = subscribe(i)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "subscriber %d", i)
 	}
 	teacherConn, chatConn := dial(srv.ready.Addr), dial(srv.ready.Addr)
 	defer teacherConn.Close()
@@ -120,19 +152,29 @@ func runCritical(t *testing.T, loss float64, copies bool, subscribers int, durat
 	teacher, chat := teacherConn.Session("teacher"), chatConn.Session("chat")
 
 	load0, stats0 := sampleLoad(t), srv.stats(t)
+	// The chat goes on beside the teacher: its publishes do not hold the
+	// teacher's pace up.
+	chatCtx, stopChat := context.WithCancel(context.Background())
+	defer stopChat() // if the teacher fails
+	chatDone := make(chan struct{})
+	go func() {
+		defer close(chatDone)
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for stop := time.Now().Add(duration); time.Now().Before(stop) && chatCtx.Err() == nil; <-tick.C {
+			chat.Publish(chatCtx, "room/live", []byte("clap"), client.PublishOptions{Droppable: true}) // droppable: taken or not
+		}
+	}()
 	var published []uint64
-	stop := time.Now().Add(duration)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for ; time.Now().Before(stop); <-tick.C {
+	for stop := time.Now().Add(duration); time.Now().Before(stop); <-tick.C {
 		data := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
 		res, err := teacher.Publish(context.Background(), "room/live", data, client.PublishOptions{Critical: true})
 		require.NoError(t, err)
 		published = append(published, res.Seq)
-		for range 2 { // chat alongside; droppable, so whether each is taken does not matter
-			chat.Publish(context.Background(), "room/live", []byte("clap"), client.PublishOptions{Droppable: true})
-		}
 	}
+	<-chatDone
 	want := len(published) * subscribers
 	count := func() int {
 		mu.Lock()
@@ -159,6 +201,7 @@ func runCritical(t *testing.T, loss float64, copies bool, subscribers int, durat
 		bytesPerDelivery:     float64(stats1.BytesSent-stats0.BytesSent) / float64(want),
 		copyBytesPerDelivery: float64(stats1.CopyBytes-stats0.CopyBytes) / float64(want),
 		cpuPerDelivery:       float64(serverCPU.Microseconds()) / float64(want),
+		ownCores:             (load1.own - load0.own).Seconds() / load1.at.Sub(load0.at).Seconds(),
 		otherCores:           othersCores(load0, load1, serverCPU),
 		loadAvg:              loadAverage(t),
 	}
