@@ -23,7 +23,7 @@ import (
 )
 
 var (
-	criticalBench  = flag.Bool("chaos.critical", false, "measure critical-message latency, bytes and server CPU with redundancy off and on (about 10 minutes)")
+	criticalBench  = flag.Bool("chaos.critical", false, "measure critical-message latency, bytes and server CPU with redundancy off and on (about 5 minutes)")
 	criticalLosses = flag.String("chaos.critical.loss", "0,2,5,10", "with -chaos.critical: the loss percentages to measure (to run a disturbed row again)")
 )
 
