@@ -25,6 +25,8 @@ import (
 var (
 	criticalBench  = flag.Bool("chaos.critical", false, "measure critical-message latency, bytes and server CPU with redundancy off and on (about 5 minutes)")
 	criticalLosses = flag.String("chaos.critical.loss", "0,2,5,10", "with -chaos.critical: the loss percentages to measure (to run a disturbed row again)")
+	criticalRate   = flag.Int("chaos.critical.rate", 20, "critical messages per second")
+	criticalFor    = flag.Duration("chaos.critical.duration", 10*time.Second, "with -chaos.critical: how long each cell publishes")
 )
 
 // TestCriticalRedundancy measures, through the lossy relay (50 ms RTT),
@@ -37,7 +39,7 @@ var (
 func TestCriticalRedundancy(t *testing.T) {
 	losses, subscribers, perCell := []float64{5}, 20, 3*time.Second
 	if *criticalBench {
-		losses, subscribers, perCell = nil, 200, 10*time.Second
+		losses, subscribers, perCell = nil, 200, *criticalFor
 		for _, f := range strings.Split(*criticalLosses, ",") {
 			loss, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 			require.NoError(t, err, "-chaos.critical.loss")
@@ -75,7 +77,8 @@ type criticalResult struct {
 	loadAvg                   string
 }
 
-// runCritical publishes 20 critical messages/s for duration, with 40
+// runCritical publishes -chaos.critical.rate critical messages/s (20)
+// for duration, with 40
 // droppable chat messages/s alongside, to subscribers behind the relay,
 // and measures from the first publish until every subscriber has every
 // critical message.
@@ -166,7 +169,7 @@ func runCritical(t *testing.T, loss float64, copies bool, subscribers int, durat
 		}
 	}()
 	var published []uint64
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(time.Second / time.Duration(max(*criticalRate, 1)))
 	defer tick.Stop()
 	for stop := time.Now().Add(duration); time.Now().Before(stop); <-tick.C {
 		data := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
