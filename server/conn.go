@@ -40,6 +40,10 @@ type conn struct {
 	user    string
 	hello   HelloEvent
 	control atomic.Pointer[stream.Sender] // set once the hello is done
+	// controlOut writes the control stream from its accept on: a refused
+	// hello is told there on WebTransport (see closeWith).
+	controlOut atomic.Pointer[stream.Sender]
+	closing    atomic.Bool // the first close decides the code
 
 	features   uint64        // negotiated in the hello
 	redundancy redundancy    // copies of critical messages
@@ -116,6 +120,8 @@ func (c *conn) handshake() (*stream.Reader, error) {
 		return nil, err
 	}
 	st.SetPriority(urgencyControl, false)
+	control := stream.NewSender(st, c.budget, c.onSendError)
+	c.controlOut.Store(control)
 	st.SetReadDeadline(time.Now().Add(c.s.cfg.HelloTimeout))
 	r := stream.NewReader(st, 0)
 	f, err := r.ReadFrame()
@@ -144,7 +150,6 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	// Before setAuth: its expiry timer logs with c.log.
 	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	c.setAuth(reply)
-	control := stream.NewSender(st, c.budget, c.onSendError)
 	c.control.Store(control)
 	cfg := &c.s.cfg
 	c.features = hello.Features & stream.Features
@@ -500,8 +505,32 @@ func (c *conn) fail(err error) {
 
 func (c *conn) onSendError(err error) { c.fail(err) }
 
+// closeWith closes the connection; the first close's code is the one the
+// client gets. Browsers lose a WebTransport session's close code
+// (webtransport-go v0.13.0 resets the streams ahead of the close capsule,
+// quic-go/webtransport-go#242), so there the code is first told as an Error
+// frame at the end of the control stream, and the session closed once the
+// client has closed it or after a second.
 func (c *conn) closeWith(code stream.ErrCode, msg string) {
-	c.tr.CloseWithError(code, msg)
+	if !c.closing.CompareAndSwap(false, true) {
+		return
+	}
+	control := c.controlOut.Load()
+	if _, web := c.tr.(webTransport); !web || code == stream.NoError || control == nil {
+		c.tr.CloseWithError(code, msg)
+		return
+	}
+	control.SendFrames(stream.Errorf(code, "%s", msg).Frame())
+	control.Close()
+	c.s.wg.Add(1)
+	go func() {
+		defer c.s.wg.Done()
+		select {
+		case <-c.tr.Done():
+		case <-time.After(time.Second):
+		}
+		c.tr.CloseWithError(code, msg)
+	}()
 }
 
 func (c *conn) close(code stream.ErrCode, msg string) { c.closeWith(code, msg) }

@@ -25,7 +25,8 @@ type session struct {
 	outMu sync.Mutex // guards out; taken under a hub channel's lock
 	out   outbox
 
-	chat chatQueue // ChatSends awaiting the store
+	chat         chatQueue     // ChatSends awaiting the store
+	receiptSlots chan struct{} // read receipts being stored
 
 	pubMu      sync.Mutex
 	pubCond    *sync.Cond // signalled when publishing ends
@@ -35,7 +36,7 @@ type session struct {
 }
 
 func newSession(c *conn, st bidiStream, name string) *session {
-	s := &session{c: c, name: name, subs: map[string]struct{}{},
+	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8),
 		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
 	s.pubCond = sync.NewCond(&s.pubMu)
 	s.send = stream.NewSender(st, c.budget, func(err error) {
@@ -92,9 +93,13 @@ func (s *session) run(r *stream.Reader) error {
 		case *pb.Frame_ChatSend:
 			err = s.chatSend(b.ChatSend)
 		case *pb.Frame_ReceiptRead:
+			// Off the reader (it reads and writes the store), but at most
+			// a few at a time: a client that floods receipts waits here.
+			s.receiptSlots <- struct{}{}
 			s.c.wg.Add(1)
 			go func() {
 				defer s.c.wg.Done()
+				defer func() { <-s.receiptSlots }()
 				s.receiptRead(b.ReceiptRead)
 			}()
 		case *pb.Frame_PresenceWatch:

@@ -27,6 +27,8 @@ type transport interface {
 	// HandshakeComplete is closed once the client is confirmed: data that
 	// arrived before it may be a 0-RTT replay.
 	HandshakeComplete() <-chan struct{}
+	// Done is closed once the connection or session has ended.
+	Done() <-chan struct{}
 	ConnectionStats() quic.ConnectionStats
 }
 
@@ -74,6 +76,7 @@ func (t quicTransport) HandshakeComplete() <-chan struct{} {
 	return t.qc.HandshakeComplete()
 }
 func (t quicTransport) ConnectionStats() quic.ConnectionStats { return t.qc.ConnectionStats() }
+func (t quicTransport) Done() <-chan struct{}                 { return t.qc.Context().Done() }
 
 func (t quicTransport) DatagramsSupported() bool {
 	dg := t.qc.ConnectionState().SupportsDatagrams
@@ -123,6 +126,7 @@ func (t webTransport) SendDatagram(b []byte) error         { return t.sess.SendD
 func (t webTransport) DatagramsSupported() bool            { return true } // WebTransport requires them
 func (t webTransport) RemoteAddr() net.Addr                { return t.sess.RemoteAddr() }
 func (t webTransport) HandshakeComplete() <-chan struct{}  { return t.qc.HandshakeComplete() }
+func (t webTransport) Done() <-chan struct{}               { return t.sess.Context().Done() }
 func (t webTransport) ConnectionStats() quic.ConnectionStats {
 	return t.qc.ConnectionStats()
 }

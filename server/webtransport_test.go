@@ -131,12 +131,17 @@ func TestWebTransportRefusesForeignOrigin(t *testing.T) {
 	require.Equal(t, http.StatusForbidden, rsp.StatusCode)
 }
 
-// A browser's bad first frame gets the same typed close as a native one.
+// A browser's bad first frame gets the same typed close as a native one,
+// told first as an Error frame on the control stream (browsers lose the
+// session's close code).
 func TestWebTransportBadHelloIsClosedWithItsCode(t *testing.T) {
 	ts, trust := runWebServer(t)
 	_, sess, err := dialWeb(t, ts, trust, pageOrigin)
 	require.NoError(t, err)
-	writeFrames(t, sess, &pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{Version: 99}}})
+	control := writeFrames(t, sess, &pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{Version: 99}}})
+	f, err := stream.NewReader(control, 0).ReadFrame()
+	require.NoError(t, err)
+	require.Equal(t, pb.ErrorCode(stream.VersionUnsupported), f.GetError().GetCode())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err = sess.AcceptStream(ctx)

@@ -38,6 +38,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicpush/quicpush/certs"
+	"github.com/quicpush/quicpush/client/web"
 	"github.com/quicpush/quicpush/httpapi"
 	"github.com/quicpush/quicpush/server"
 	"github.com/quicpush/quicpush/store"
@@ -125,7 +126,8 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 	api := &apiSlot{on: a.apiKey != nil}
 	reg := newRegistry()
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
-	admin := &http.Server{Handler: adminHandler(&ready, api, metrics), ReadHeaderTimeout: 5 * time.Second}
+	pages := &webSlot{}
+	admin := &http.Server{Handler: adminHandler(&ready, api, metrics, pages), ReadHeaderTimeout: 5 * time.Second}
 	go admin.Serve(adminLn)
 	defer admin.Close()
 
@@ -193,6 +195,8 @@ func serve(ctx context.Context, f flags, a access, log *slog.Logger) (err error)
 	} else {
 		log.Info("HTTP API disabled: no --api-key-file")
 	}
+	pages.h.Store(web.Handler(func() web.PageConfig { return browsers.pageConfig(addr, log.Error) }))
+	log.Info("demo classroom", "teacher", "http://"+adminLn.Addr().String()+"/demo/teacher.html", "student", "http://"+adminLn.Addr().String()+"/demo/student.html")
 	log.Info("quicpushd listening", "addr", addr.String(), "admin", adminLn.Addr().String(), "data", f.Data)
 	ready.Store(true) // after the line: whoever waits for /readyz finds it written
 
@@ -255,8 +259,11 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func adminHandler(ready *atomic.Bool, api, metrics http.Handler) http.Handler {
+func adminHandler(ready *atomic.Bool, api, metrics, pages http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/sdk/", pages)
+	mux.Handle("/demo/", pages)
+	mux.Handle("GET /{$}", http.RedirectHandler("/demo/", http.StatusFound))
 	mux.Handle("/v1/", api)
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -38,6 +38,9 @@ var (
 var bin struct{ quicpushd, quicpush string }
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(criticalServerEnv); spec != "" {
+		os.Exit(serveCritical(spec))
+	}
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "quicpush-chaos")
 	if err != nil {
