@@ -258,19 +258,26 @@ func (c *Client) goodbye(conn *connection, grace time.Duration) {
 
 // attemptCache is the session cache as one connection attempt sees it.
 // crypto/tls drops the ticket whenever a resumed handshake fails, to get rid
-// of a bad ticket; an attempt we abandoned (its time ran out during a
-// blackout) says nothing about the ticket, so it does not drop it, and the
-// next attempt still resumes with 0-RTT.
+// of a bad ticket; an attempt that ran out of time (a blackout, a server
+// restarting) says nothing about the ticket, so it does not drop it, and
+// the next attempt still resumes with 0-RTT. Its deadline is checked, not
+// only its context: quic-go's handshake timer (as long, started a little
+// later) can fire before the context's own timer has run.
 type attemptCache struct {
 	tls.ClientSessionCache
 	ctx context.Context
 }
 
 func (a attemptCache) Put(key string, cs *tls.ClientSessionState) {
-	if cs == nil && a.ctx.Err() != nil {
+	if cs == nil && (a.ctx.Err() != nil || a.pastDeadline()) {
 		return
 	}
 	a.ClientSessionCache.Put(key, cs)
+}
+
+func (a attemptCache) pastDeadline() bool {
+	deadline, ok := a.ctx.Deadline()
+	return ok && !time.Now().Before(deadline)
 }
 
 // firstAttempt bounds the first reconnection attempt; each next one may
