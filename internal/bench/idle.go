@@ -24,6 +24,11 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err := settle(); err != nil {
 		return Figures{}, err
 	}
+	// Both RSS figures start from a server whose free memory went back to
+	// the OS, so that neither counts the start-up's.
+	if _, err := srv.call("release"); err != nil {
+		return Figures{}, err
+	}
 	s0, err := srv.sample()
 	if err != nil {
 		return Figures{}, err
@@ -57,6 +62,13 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
+	if _, err := srv.call("release"); err != nil {
+		return Figures{}, err
+	}
+	s3, err := srv.sample()
+	if err != nil {
+		return Figures{}, err
+	}
 	if cfg.ProfileDir != "" {
 		base, err := filepath.Abs(filepath.Join(cfg.ProfileDir, fmt.Sprintf("idle-%s-%d", kind, cfg.Subscribers)))
 		if err == nil {
@@ -68,12 +80,13 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	}
 	n := float64(cfg.Subscribers)
 	return Figures{
-		Conns:             cfg.Subscribers,
-		RSSPerConnKiB:     float64(s2.rss-s0.rss) / 1024 / n,
-		HeapPerConnKiB:    (float64(h1.HeapBytes) - float64(h0.HeapBytes)) / 1024 / n,
-		StackPerConnKiB:   (float64(h1.StackBytes) - float64(h0.StackBytes)) / 1024 / n,
-		GoroutinesPerConn: float64(h1.Goroutines-h0.Goroutines) / n,
-		CPUPerConnectMs:   float64((s1.cpu - s0.cpu).Microseconds()) / 1000 / n,
-		RSSMiB:            float64(s2.rss) / (1 << 20),
+		Conns:                 cfg.Subscribers,
+		RSSPerConnKiB:         float64(s2.rss-s0.rss) / 1024 / n,
+		RSSReleasedPerConnKiB: float64(s3.rss-s0.rss) / 1024 / n,
+		HeapPerConnKiB:        (float64(h1.HeapBytes) - float64(h0.HeapBytes)) / 1024 / n,
+		StackPerConnKiB:       (float64(h1.StackBytes) - float64(h0.StackBytes)) / 1024 / n,
+		GoroutinesPerConn:     float64(h1.Goroutines-h0.Goroutines) / n,
+		CPUPerConnectMs:       float64((s1.cpu - s0.cpu).Microseconds()) / 1000 / n,
+		RSSMiB:                float64(s2.rss) / (1 << 20),
 	}, nil
 }

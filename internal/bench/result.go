@@ -45,12 +45,15 @@ type Figures struct {
 	RSSMiB        float64      `json:"server_rss_mib,omitempty"` // at the end
 
 	// idle
-	Conns             int     `json:"conns,omitempty"`
-	RSSPerConnKiB     float64 `json:"rss_per_conn_kib,omitempty"`
-	HeapPerConnKiB    float64 `json:"heap_per_conn_kib,omitempty"`  // live heap after a GC
-	StackPerConnKiB   float64 `json:"stack_per_conn_kib,omitempty"` // goroutine stacks
-	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
-	CPUPerConnectMs   float64 `json:"server_cpu_ms_per_connect,omitempty"`
+	Conns         int     `json:"conns,omitempty"`
+	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
+	// RSS once a GC has run and free memory went back to the OS: what the
+	// connections hold, without setup garbage not yet collected or returned.
+	RSSReleasedPerConnKiB float64 `json:"rss_released_per_conn_kib,omitempty"`
+	HeapPerConnKiB        float64 `json:"heap_per_conn_kib,omitempty"`  // live heap after a GC
+	StackPerConnKiB       float64 `json:"stack_per_conn_kib,omitempty"` // goroutine stacks
+	GoroutinesPerConn     float64 `json:"goroutines_per_conn,omitempty"`
+	CPUPerConnectMs       float64 `json:"server_cpu_ms_per_connect,omitempty"`
 
 	// store
 	Appended     int64   `json:"appended,omitempty"`
@@ -120,12 +123,14 @@ func (r *Result) compare() {
 		ratio("latency_p99", q.Latency.P99, w.Latency.P99)
 	}
 	ratio("rss_per_conn_kib", q.RSSPerConnKiB, w.RSSPerConnKiB)
+	ratio("rss_released_per_conn_kib", q.RSSReleasedPerConnKiB, w.RSSReleasedPerConnKiB)
 	ratio("heap_per_conn_kib", q.HeapPerConnKiB, w.HeapPerConnKiB)
 	ratio("stack_per_conn_kib", q.StackPerConnKiB, w.StackPerConnKiB)
 	ratio("goroutines_per_conn", q.GoroutinesPerConn, w.GoroutinesPerConn)
 	ratio("server_cpu_ms_per_connect", q.CPUPerConnectMs, w.CPUPerConnectMs)
 	if q.Conns > 0 && w.Conns > 0 {
 		r.Overhead["rss_per_conn_kib"] = q.RSSPerConnKiB - w.RSSPerConnKiB
+		r.Overhead["rss_released_per_conn_kib"] = q.RSSReleasedPerConnKiB - w.RSSReleasedPerConnKiB
 		r.Overhead["heap_per_conn_kib"] = q.HeapPerConnKiB - w.HeapPerConnKiB
 		r.Overhead["stack_per_conn_kib"] = q.StackPerConnKiB - w.StackPerConnKiB
 	}

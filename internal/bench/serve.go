@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 
@@ -143,6 +144,8 @@ func control(ctx context.Context, in io.Reader, enc *json.Encoder) error {
 		var reply statsLine
 		cmd, arg, _ := strings.Cut(line, " ")
 		switch {
+		case cmd == "release":
+			debug.FreeOSMemory()
 		case cmd == "stats":
 			runtime.GC()
 			var ms runtime.MemStats
