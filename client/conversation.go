@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -47,9 +45,7 @@ func (c *Client) Send(ctx context.Context, to string, data []byte, opts SendOpti
 	}
 	id := opts.ID
 	if id == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		id = hex.EncodeToString(b[:])
+		id = newMessageID()
 	}
 	if err := stream.ValidateChatID(id); err != nil {
 		return PublishResult{}, err

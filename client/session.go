@@ -480,9 +480,7 @@ func (s *Session) Publish(ctx context.Context, channel string, data []byte, opts
 	}
 	id := opts.ID
 	if id == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		id = hex.EncodeToString(b[:])
+		id = newMessageID()
 	}
 	if err := stream.ValidateID(id); err != nil {
 		return PublishResult{}, err
@@ -587,4 +585,12 @@ func sortedKeys[V any](m map[uint64]V) []uint64 {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// newMessageID is a client message id for a publish or send that has none:
+// it still makes the retries across reconnects idempotent.
+func newMessageID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
