@@ -50,7 +50,7 @@ func (c *Client) Send(ctx context.Context, to string, data []byte, opts SendOpti
 	if err := stream.ValidateChatID(id); err != nil {
 		return PublishResult{}, err
 	}
-	res, err := c.chatSession(opts.Session).request(ctx, func(reqID uint64) *pb.Frame {
+	res, err := c.chatSession(opts.Session).request(ctx, false, func(reqID uint64) *pb.Frame {
 		return &pb.Frame{Body: &pb.Frame_ChatSend{ChatSend: &pb.ChatSend{RequestId: reqID, To: to, Id: id, Data: data}}}
 	})
 	res.ID = id
@@ -60,12 +60,15 @@ func (c *Client) Send(ctx context.Context, to string, data []byte, opts SendOpti
 // MarkRead tells the sender of m, a message from this user's Inbox, that
 // it was read: the server appends one READ receipt to the sender's inbox
 // (marking it again stores nothing new). Only a message the Inbox has
-// handled (delivered) can be marked; others get NOT_DELIVERED.
+// handled (delivered) can be marked; others get NOT_DELIVERED. It goes on
+// the session of the Inbox that handed m over, behind the acknowledgement
+// that the Inbox holds back (AckDelay), so a message marked as soon as its
+// handler returned is known as delivered.
 func (c *Client) MarkRead(ctx context.Context, m ChatMessage) error {
 	if m.Seq == 0 {
 		return stream.Errorf(stream.BadRequest, "not a message of the inbox (seq 0)")
 	}
-	_, err := c.chatSession("").request(ctx, func(reqID uint64) *pb.Frame {
+	_, err := c.chatSession(m.session).request(ctx, true, func(reqID uint64) *pb.Frame {
 		return &pb.Frame{Body: &pb.Frame_ReceiptRead{ReceiptRead: &pb.ReceiptRead{RequestId: reqID, Epoch: m.Epoch, Seq: m.Seq}}}
 	})
 	return err
@@ -90,8 +93,9 @@ func (c *Client) chatSession(name string) *Session {
 
 // request sends a request frame that the server answers with a PublishAck
 // or an Error, retransmitting it on every new connection (and after a
-// retryable error) until answered, like a reliable Publish.
-func (s *Session) request(ctx context.Context, frame func(reqID uint64) *pb.Frame) (PublishResult, error) {
+// retryable error) until answered, like a reliable Publish. With afterAcks
+// the session's held-back acknowledgements go first, on the same stream.
+func (s *Session) request(ctx context.Context, afterAcks bool, frame func(reqID uint64) *pb.Frame) (PublishResult, error) {
 	if conn, err := s.c.current(ctx); err != nil {
 		return PublishResult{}, err
 	} else if err := conn.requireInbox(); err != nil {
@@ -104,7 +108,11 @@ func (s *Session) request(ctx context.Context, frame func(reqID uint64) *pb.Fram
 	p.frame = frame(reqID)
 	s.pubs[reqID] = p
 	if s.send != nil {
-		s.send.SendFrames(p.frame) // on failure the connection ends and resume resends it
+		frames := []*pb.Frame{p.frame}
+		if afterAcks {
+			frames = append(s.ackFrames(), p.frame)
+		}
+		s.send.SendFrames(frames...) // on failure the connection ends and resume resends it
 	}
 	s.mu.Unlock()
 	select {
@@ -129,6 +137,8 @@ type ChatMessage struct {
 	// recipient's for OnMessage, the sender's own for OnSent).
 	Epoch, Seq uint64
 	Time       time.Time // when the server stored it
+
+	session string // of the Inbox that handed it over, for MarkRead
 }
 
 // ReceiptKind says what a receipt reports.
@@ -230,7 +240,9 @@ func (ib *Inbox) handle(c *Client, opts InboxOptions, m Message) error {
 		// Only the server writes inboxes: this is not a record of ours.
 		c.log.Warn("skipping an inbox message that is not a record", "channel", m.Channel, "seq", m.Seq, "err", err)
 	case e.Message != nil:
-		return opts.OnMessage(*e.Message)
+		msg := *e.Message
+		msg.session = opts.Session
+		return opts.OnMessage(msg)
 	case e.Sent != nil && opts.OnSent != nil:
 		return opts.OnSent(*e.Sent)
 	case e.Receipt != nil && opts.OnReceipt != nil:

@@ -124,7 +124,7 @@ func (s *Session) WatchPresence(ctx context.Context, channel string, h func(Pres
 	if dup {
 		return nil, fmt.Errorf("client: the presence of %s is already watched on session %s", channel, s.name)
 	}
-	f, err := s.call(ctx, func(id uint64) *pb.Frame {
+	_, err := s.call(ctx, func(id uint64) *pb.Frame {
 		return &pb.Frame{Body: &pb.Frame_PresenceWatch{PresenceWatch: &pb.PresenceWatch{RequestId: id, Channel: channel}}}
 	}, func(uint64) { s.watches[channel] = w })
 	if err != nil {
@@ -135,7 +135,6 @@ func (s *Session) WatchPresence(ctx context.Context, channel string, h func(Pres
 		s.mu.Unlock()
 		return nil, err
 	}
-	h(presenceFrom(f.GetPresenceUpdate()))
 	return w, nil
 }
 
@@ -177,15 +176,18 @@ func (s *Session) PresenceMembers(ctx context.Context, channel, after string, li
 	return PresencePage{Channel: m.Channel, Users: m.Users, Online: int(m.Online), Next: m.Next}, nil
 }
 
+// onPresenceUpdate hands an update to its watch, on the reader, so that a
+// watch's snapshot always comes before the merged updates that follow it
+// and h never runs twice at once.
 func (s *Session) onPresenceUpdate(u *pb.PresenceUpdate) {
-	if u.RequestId != 0 && s.answer(u.RequestId, &pb.Frame{Body: &pb.Frame_PresenceUpdate{PresenceUpdate: u}}, nil) {
-		return // WatchPresence hands it over
-	}
 	s.mu.Lock()
 	w := s.watches[u.Channel]
 	s.mu.Unlock()
 	if w != nil {
 		w.h(presenceFrom(u))
+	}
+	if u.RequestId != 0 {
+		s.answer(u.RequestId, &pb.Frame{Body: &pb.Frame_PresenceUpdate{PresenceUpdate: u}}, nil)
 	}
 }
 

@@ -60,7 +60,12 @@ type conn struct {
 	pathLimitSent bool
 
 	slowConsumer atomic.Bool // closed with SLOW_CONSUMER
-	goingAway    atomic.Bool // sent GOAWAY: the client's goodbye is not a leave
+
+	// pulls bounds the repair and inbox-page streams served at once: each
+	// holds a page of messages (up to 256 of 64 KiB) until the client reads
+	// it, so a client opening many and reading none waits instead.
+	pulls     chan struct{}
+	goingAway atomic.Bool // sent GOAWAY: the client's goodbye is not a leave
 
 	wg       sync.WaitGroup // the connection's stream goroutines
 	mu       sync.Mutex
@@ -77,7 +82,23 @@ func newConn(s *Server, tr transport) *conn {
 		log:      s.log.With("conn", id, "remote", tr.RemoteAddr().String()),
 		budget:   stream.NewBudget(int64(s.cfg.SendQueueBytes)),
 		sessions: map[*session]struct{}{},
+		pulls:    make(chan struct{}, maxPulls),
 	}
+}
+
+// maxPulls is how many repair and inbox-page streams of one connection are
+// served at once.
+const maxPulls = 8
+
+// pull runs serve while holding one of the connection's pull slots.
+func (c *conn) pull(serve func() error) error {
+	select {
+	case c.pulls <- struct{}{}:
+	case <-c.ctx.Done():
+		return nil
+	}
+	defer func() { <-c.pulls }()
+	return serve()
 }
 
 // serve runs the connection until it ends.
@@ -443,9 +464,9 @@ func (c *conn) serveStream(st bidiStream) error {
 		}
 		return err
 	case *pb.Frame_RepairRequest:
-		return c.serveRepair(st, b.RepairRequest)
+		return c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
 	case *pb.Frame_InboxPull:
-		return c.serveInboxPull(st, b.InboxPull)
+		return c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
 	case *pb.Frame_InboxCountRequest:
 		return c.serveInboxCount(st, b.InboxCountRequest)
 	default:

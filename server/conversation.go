@@ -93,8 +93,10 @@ func (s *session) chatSend(m *pb.ChatSend) error {
 	if !q.running {
 		q.running = true
 		s.c.wg.Add(1)
+		s.work.Add(1)
 		go func() {
 			defer s.c.wg.Done()
+			defer s.work.Done()
 			s.c.fail(s.chatLoop())
 		}()
 	}
@@ -114,7 +116,16 @@ func (s *session) chatLoop() error {
 	}
 	for {
 		q.mu.Lock()
-		n := min(len(q.queue), publishBatchEntries/2)
+		// Two records a send (the inbox's and the sender's copy): half the
+		// publish batch bounds, by count and by bytes.
+		n, size := 0, 0
+		for n < len(q.queue) && n < publishBatchEntries/2 {
+			size += 2 * len(q.queue[n].Data)
+			if n > 0 && size > publishBatchBytes {
+				break
+			}
+			n++
+		}
 		batch := q.queue[:n:n]
 		q.queue = q.queue[n:]
 		if n == 0 {
@@ -231,6 +242,13 @@ func (s *session) receiptRead(r *pb.ReceiptRead) {
 	var rec pb.InboxRecord
 	if err := proto.Unmarshal(m.Data, &rec); err != nil || rec.Kind != pb.InboxRecord_KIND_MESSAGE || stream.ValidateChatUser(m.From) != nil {
 		fail(stream.Errorf(stream.BadRequest, "seq %d of %s is not a message from another user", r.Seq, inbox))
+		return
+	}
+	// Delivered comes before read: issue the delivered receipts up to this
+	// message that the receipt worker may not have issued yet (the ack
+	// came just before, on the same stream). Issuing twice stores nothing.
+	if err := s.c.s.receipts.issue(ctx, s.c.user, store.Position{Epoch: b.Epoch, Seq: r.Seq}); err != nil {
+		storeErr(err)
 		return
 	}
 	req := receiptRequest(pb.InboxRecord_KIND_READ, s.c.user, m)

@@ -340,3 +340,38 @@ func TestInboxPagesResumeAfterBreak(t *testing.T) {
 	requireOneReceiptEach(t, aliceRec.receiptsOf(client.Delivered), "bob", "m", n)
 	require.Equal(t, n, storedRecords(t, ts, "alice", pb.InboxRecord_KIND_DELIVERED))
 }
+
+// A message marked read as soon as its handler returned is known as
+// delivered: MarkRead goes behind the acknowledgement the Inbox holds back
+// (AckDelay, here a long 2 s), on the same stream, so it is never refused
+// with NOT_DELIVERED.
+func TestMarkReadRightAfterTheHandler(t *testing.T) {
+	ts := runServer(t, server.Config{AckDelay: 2 * time.Second})
+	ctx := context.Background()
+	alice := dial(t, ts, client.Config{Token: "alice"})
+	aliceRec := &inboxRec{}
+	_, err := alice.Inbox(ctx, aliceRec.options())
+	require.NoError(t, err)
+	bob := dial(t, ts, client.Config{Token: "bob"})
+	handled := make(chan client.ChatMessage, 3)
+	_, err = bob.Inbox(ctx, client.InboxOptions{OnMessage: func(m client.ChatMessage) error {
+		handled <- m
+		return nil
+	}})
+	require.NoError(t, err)
+	sendN(t, alice, "bob", "q", 3)
+	for range 3 {
+		var m client.ChatMessage
+		select {
+		case m = <-handled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("bob was not handed the message")
+		}
+		// The handler has returned once the next one comes or soon after:
+		// MarkRead retries nothing, so NOT_DELIVERED would fail here.
+		require.Eventually(t, func() bool { return bob.MarkRead(ctx, m) == nil }, 500*time.Millisecond, 50*time.Millisecond,
+			"message %d was refused as not delivered", m.Seq)
+	}
+	require.Eventually(t, func() bool { return len(aliceRec.receiptsOf(client.Read)) == 3 }, 10*time.Second, 5*time.Millisecond)
+	requireOneReceiptEach(t, aliceRec.receiptsOf(client.Read), "bob", "q", 3)
+}

@@ -18,6 +18,9 @@ type cursorWriter struct {
 
 	mu    sync.Mutex
 	dirty map[cursorKey]store.Position
+	// writing are the positions a flush is writing: still to be counted by
+	// cursor until the store has them.
+	writing map[cursorKey]store.Position
 }
 
 type cursorKey struct{ user, channel string }
@@ -39,8 +42,12 @@ func (w *cursorWriter) set(user, channel string, pos store.Position) {
 // cursor returns user's acknowledged position on channel, counting acks
 // not yet written to the store.
 func (w *cursorWriter) cursor(ctx context.Context, user, channel string) (store.Position, error) {
+	k := cursorKey{user, channel}
 	w.mu.Lock()
-	pending, ok := w.dirty[cursorKey{user, channel}]
+	pending, ok := w.dirty[k]
+	if !ok {
+		pending, ok = w.writing[k]
+	}
 	w.mu.Unlock()
 	stored, err := w.store.Cursor(ctx, user, channel)
 	if err != nil {
@@ -69,8 +76,13 @@ func (w *cursorWriter) run(ctx context.Context) {
 func (w *cursorWriter) flush(ctx context.Context) {
 	w.mu.Lock()
 	dirty := w.dirty
-	w.dirty = map[cursorKey]store.Position{}
+	w.dirty, w.writing = map[cursorKey]store.Position{}, dirty
 	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.writing = nil
+		w.mu.Unlock()
+	}()
 	for k, pos := range dirty {
 		if err := w.store.SetCursor(ctx, k.user, k.channel, pos); err != nil {
 			if ctx.Err() == nil { // else: closing, and Close flushes once more

@@ -25,8 +25,9 @@ type session struct {
 	outMu sync.Mutex // guards out; taken under a hub channel's lock
 	out   outbox
 
-	chat         chatQueue     // ChatSends awaiting the store
-	receiptSlots chan struct{} // read receipts being stored
+	chat         chatQueue      // ChatSends awaiting the store
+	receiptSlots chan struct{}  // read receipts being stored
+	work         sync.WaitGroup // the chat loop and read receipts, answered before end's FIN
 
 	pubMu      sync.Mutex
 	pubCond    *sync.Cond // signalled when publishing ends
@@ -53,7 +54,8 @@ func newSession(c *conn, st bidiStream, name string) *session {
 }
 
 // end finishes a session the client closed (FIN): no more pushes, the
-// publishes already taken are stored and acknowledged, then our FIN.
+// publishes, chat sends and read receipts already taken are stored and
+// answered, then our FIN.
 func (s *session) end() {
 	// A goodbye, unless we asked the client to go (GOAWAY): then it comes
 	// back at once, within the presence grace period.
@@ -63,6 +65,7 @@ func (s *session) end() {
 		s.pubCond.Wait()
 	}
 	s.pubMu.Unlock()
+	s.work.Wait()
 	s.send.Close()
 }
 
@@ -97,8 +100,10 @@ func (s *session) run(r *stream.Reader) error {
 			// a few at a time: a client that floods receipts waits here.
 			s.receiptSlots <- struct{}{}
 			s.c.wg.Add(1)
+			s.work.Add(1)
 			go func() {
 				defer s.c.wg.Done()
+				defer s.work.Done()
 				defer func() { <-s.receiptSlots }()
 				s.receiptRead(b.ReceiptRead)
 			}()

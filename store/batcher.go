@@ -335,6 +335,7 @@ func (db *DB) submit() {
 	w.trims = pending
 	w.lastSize = b.n
 	b.lastID = w.lastID
+	b.prev = nil // built: let the batch before it go (else each holds the last, while busy)
 	next := db.newBatch(b)
 	db.commit(b.txn, func(err error) {
 		b.err = err

@@ -162,22 +162,12 @@ func (c *inboxCmd) Run(ctx context.Context, e *env) error {
 	return markRead(context.WithoutCancel(ctx), cl, toRead)
 }
 
-// markRead marks msgs read. A message is read only once its delivery was
-// acknowledged, which the SDK does shortly after the handler returned:
-// NOT_DELIVERED is tried again for a little while.
+// markRead marks msgs, all handled, read (MarkRead sends the held-back
+// acknowledgement of their delivery first).
 func markRead(ctx context.Context, cl *client.Client, msgs []client.ChatMessage) error {
 	for _, m := range msgs {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := cl.MarkRead(ctx, m)
-			if code, _ := stream.CodeOf(err); code == stream.NotDelivered && time.Now().Before(deadline) {
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("cannot mark %s's message %s read: %w", m.From, m.ID, err)
-			}
-			break
+		if err := cl.MarkRead(ctx, m); err != nil {
+			return fmt.Errorf("cannot mark %s's message %s read: %w", m.From, m.ID, err)
 		}
 	}
 	return nil
