@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicpush/quicpush/store"
@@ -180,6 +182,13 @@ func (s *session) storeChats(batch []*pb.ChatSend) []*pb.Frame {
 	frames := make([]*pb.Frame, len(batch))
 	for i, m := range batch {
 		s.c.s.metrics.published(results[i].AppendResult, results[i].err)
+		if results[i].err == nil {
+			if results[i].Duplicate {
+				s.c.s.metrics.chat.duplicates.Add(1)
+			} else {
+				s.c.s.metrics.chat.stored.Add(1)
+			}
+		}
 		frames[i] = publishReply(&pb.Publish{RequestId: m.RequestId, Channel: stream.InboxChannel(m.To)}, results[i])
 	}
 	return frames
@@ -256,6 +265,7 @@ func (s *session) receiptRead(r *pb.ReceiptRead) {
 	var pr publishResult
 	if pr.err = err; err == nil {
 		pr.AppendResult = res[0]
+		countNew(&s.c.s.metrics.chat.read, res)
 	}
 	s.reply(publishReply(&pb.Publish{RequestId: r.RequestId, Channel: req.Channel}, pr))
 }
@@ -386,9 +396,11 @@ func (r *receipts) issue(ctx context.Context, user string, pos store.Position) e
 			reqs = append(reqs, receiptRequest(pb.InboxRecord_KIND_DELIVERED, user, m))
 		}
 		if len(reqs) > 0 {
-			if _, err := r.s.appendToStore(ctx, reqs); err != nil {
+			res, err := r.s.appendToStore(ctx, reqs)
+			if err != nil {
 				return err
 			}
+			countNew(&r.s.metrics.chat.delivered, res)
 		}
 		last := msgs[len(msgs)-1].Seq
 		if err := st.SetCursor(ctx, user, receiptCursor(inbox), store.Position{Epoch: b.Epoch, Seq: last}); err != nil {
@@ -397,4 +409,40 @@ func (r *receipts) issue(ctx context.Context, user string, pos store.Position) e
 		from = last + 1
 	}
 	return nil
+}
+
+// chatMetrics count conversations (docs/OPERATIONS.md).
+type chatMetrics struct {
+	stored, duplicates  atomic.Uint64 // chat messages
+	delivered, read     atomic.Uint64 // receipts stored (repeats not counted)
+	pages, pageMessages atomic.Uint64 // offline pages served
+}
+
+var (
+	descChatMessages = desc("chat_messages_total",
+		"Chat messages (ChatSend) by outcome: stored (in the recipient's inbox, with the sender's copy) or duplicate (a retransmission of one stored). Refused and failed ones count in quicpush_publishes_total.", "outcome")
+	descReceipts = desc("receipts_total",
+		"Receipts stored in senders' inboxes, by kind: delivered (the recipient's client acknowledged the message) or read (MarkRead). Repeats store nothing and are not counted.", "kind")
+	descInboxPages = desc("inbox_pages_total",
+		"Offline pages served (InboxPull answered with an InboxPage).")
+	descInboxPageMessages = desc("inbox_page_messages_total",
+		"Messages sent in offline pages.")
+)
+
+func (m *chatMetrics) collect(counter func(*prometheus.Desc, *atomic.Uint64, ...string)) {
+	counter(descChatMessages, &m.stored, "stored")
+	counter(descChatMessages, &m.duplicates, "duplicate")
+	counter(descReceipts, &m.delivered, "delivered")
+	counter(descReceipts, &m.read, "read")
+	counter(descInboxPages, &m.pages)
+	counter(descInboxPageMessages, &m.pageMessages)
+}
+
+// countNew adds the results that stored something new to c.
+func countNew(c *atomic.Uint64, res []store.AppendResult) {
+	for _, r := range res {
+		if !r.Duplicate {
+			c.Add(1)
+		}
+	}
 }

@@ -171,6 +171,7 @@ func TestChatOfflineCountsThenPagesDeliveredOnce(t *testing.T) {
 	}
 	// Alice's own inbox holds the copies of what she sent (other devices).
 	require.Eventually(t, func() bool { aliceRec.mu.Lock(); defer aliceRec.mu.Unlock(); return len(aliceRec.sent) == n }, 10*time.Second, 5*time.Millisecond)
+	pages := alice.Stats().Pages
 	require.NoError(t, alice.Close())
 
 	bobRec := &inboxRec{}
@@ -216,6 +217,15 @@ func TestChatOfflineCountsThenPagesDeliveredOnce(t *testing.T) {
 	aliceRec.mu.Lock()
 	require.Empty(t, aliceRec.sent, "her copies were handled before she reconnected")
 	aliceRec.mu.Unlock()
+
+	// The metrics say the same.
+	require.Equal(t, float64(n), metricValue(t, ts.Metrics, "quicpush_chat_messages_total", "outcome", "stored"))
+	require.Equal(t, float64(n), metricValue(t, ts.Metrics, "quicpush_receipts_total", "kind", "delivered"))
+	require.Equal(t, 1.0, metricValue(t, ts.Metrics, "quicpush_receipts_total", "kind", "read"))
+	pages += bob.Stats().Pages + alice.Stats().Pages
+	require.Equal(t, float64(pages), metricValue(t, ts.Metrics, "quicpush_inbox_pages_total"), "as many as the clients pulled")
+	require.GreaterOrEqual(t, metricValue(t, ts.Metrics, "quicpush_inbox_page_messages_total"), float64(n), "bob was offline: all his came in pages")
+
 }
 
 // A's acknowledgement is lost (the relay drops everything to A once the

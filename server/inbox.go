@@ -115,7 +115,7 @@ func (c *conn) serveInboxPull(st bidiStream, req *pb.InboxPull) error {
 	} else if req.Newest {
 		to = b.Last
 	}
-	next := from
+	next, sent := from, uint64(0)
 	for next <= to {
 		msgs, err := c.s.cfg.Store.Range(c.ctx, req.Channel, next, to, repairPage)
 		if err != nil {
@@ -131,8 +131,11 @@ func (c *conn) serveInboxPull(st bidiStream, req *pb.InboxPull) error {
 		if err := writeFrames(st, frames...); err != nil {
 			return nil // the client gave up on this page
 		}
+		sent += uint64(len(msgs))
 		next = msgs[len(msgs)-1].Seq + 1
 	}
+	c.s.metrics.chat.pages.Add(1)
+	c.s.metrics.chat.pageMessages.Add(sent)
 	return writeFrames(st, &pb.Frame{Body: &pb.Frame_InboxPage{InboxPage: &pb.InboxPage{
 		Epoch: b.Epoch, From: from, Next: next, Head: b.Last, FirstRetained: b.First, Waiting: b.Last - min(b.Last, next-1),
 	}}})

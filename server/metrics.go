@@ -36,6 +36,7 @@ type metrics struct {
 
 	confirm  confirmMetrics
 	presence presenceMetrics
+	chat     chatMetrics
 
 	pushLatency, repairDuration, appendDuration, appendBatch prometheus.Histogram
 }
@@ -115,6 +116,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		descRepairs, descRepairMessages, descPathChanges, descGoAways, descHeadNotices, descSlowConsumers, descRefreshes,
 		descCopies, descCopyBytes,
 		descConfirmations, descConfirmTracked, descConfirmFrames, descConfirmBytes, descPresenceWatches, descPresenceUpdates, descPresenceChanges,
+		descChatMessages, descReceipts, descInboxPages, descInboxPageMessages,
 	} {
 		ch <- d
 	}
@@ -175,6 +177,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descCopyBytes, &f.copyBytes)
 	m.confirm.collect(counter, gauge)
 	m.presence.collect(counter, gauge)
+	m.chat.collect(counter)
 	for _, h := range m.histograms() {
 		h.Collect(ch)
 	}
