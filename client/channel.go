@@ -56,7 +56,8 @@ type item struct {
 	msg     Message
 	gap     *Gap
 	shed    *Shed
-	save    *Position // nil: nothing to save (a droppable, a shed notice, a count)
+	save    Position // with hasSave: to save once handled (not for a droppable, a shed notice, a count)
+	hasSave bool
 	waiting *Waiting
 }
 
@@ -93,7 +94,7 @@ func (ch *channel) onSubscribed(conn *connection, p params, sub *pb.Subscribed) 
 			gap.To = ch.head
 		}
 		ch.epoch, ch.queued, ch.head, ch.buf = sub.Epoch, sub.StartAfter, sub.Head, map[uint64]Message{}
-		ch.enqueue(item{gap: &gap, save: &Position{Epoch: sub.Epoch, Seq: sub.StartAfter}})
+		ch.enqueue(item{gap: &gap, save: Position{Epoch: sub.Epoch, Seq: sub.StartAfter}, hasSave: true})
 	} else {
 		if ch.epoch == 0 {
 			ch.epoch = sub.Epoch
@@ -138,7 +139,7 @@ func (ch *channel) skipExpired(firstRetained uint64) {
 		}
 		gap := Gap{Channel: ch.name, Epoch: ch.epoch, From: ch.queued + 1, To: end, Reason: GapExpired}
 		ch.queued = end
-		ch.enqueue(item{gap: &gap, save: &Position{Epoch: ch.epoch, Seq: end}})
+		ch.enqueue(item{gap: &gap, save: Position{Epoch: ch.epoch, Seq: end}, hasSave: true})
 	}
 	ch.drain()
 }
@@ -173,7 +174,7 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 		// it has caught up, rather than hold an unbounded queue.
 	} else if p.Seq == ch.queued+1 {
 		ch.queued++
-		ch.enqueue(item{msg: messageFrom(p, repaired), save: &Position{Epoch: ch.epoch, Seq: p.Seq}})
+		ch.enqueue(item{msg: messageFrom(p, repaired), save: Position{Epoch: ch.epoch, Seq: p.Seq}, hasSave: true})
 		ch.drain()
 		fresh = true
 	} else if _, ok := ch.buf[p.Seq]; !ok && len(ch.buf) < ch.s.c.cfg.BufferLimit {
@@ -237,7 +238,7 @@ func (ch *channel) drain() {
 		}
 		delete(ch.buf, ch.queued+1)
 		ch.queued++
-		ch.enqueue(item{msg: m, save: &Position{Epoch: ch.epoch, Seq: m.Seq}})
+		ch.enqueue(item{msg: m, save: Position{Epoch: ch.epoch, Seq: m.Seq}, hasSave: true})
 	}
 }
 
@@ -324,7 +325,7 @@ func (ch *channel) onDisconnect() {
 }
 
 func (ch *channel) enqueue(it item) {
-	if it.save != nil {
+	if it.hasSave {
 		ch.saves++
 	}
 	ch.ready = append(ch.ready, it)
@@ -382,16 +383,16 @@ func (ch *channel) deliver() {
 					ch.s.stop(ch, err)
 					return
 				}
-				if it.save != nil {
-					err := ch.s.c.cfg.State.Save(ch.name, *it.save)
+				if it.hasSave {
+					err := ch.s.c.cfg.State.Save(ch.name, it.save)
 					if err != nil {
 						// Not acknowledged either: the server's cursor must
 						// not run ahead of what a restart would resume from.
 						ch.s.c.log.Error("cannot save position", "channel", ch.name, "err", err)
 					} else if !ch.observe {
-						ch.s.ack(ch.name, *it.save)
+						ch.s.ack(ch.name, it.save)
 					}
-					ch.finished(*it.save, err == nil)
+					ch.finished(it.save, err == nil)
 				}
 			}
 		}
