@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
@@ -134,15 +136,36 @@ func (s *Session) channelList() []*channel {
 	return out
 }
 
-// read handles the frames the server sends on the session stream.
+// read handles the frames the server sends on the session stream. Pushes,
+// nearly all of them, are decoded into one Push that is reused: a channel
+// copies what it keeps (messageFrom), so nothing holds it past onPush.
 func (s *Session) read(conn *connection, r *stream.Reader) {
+	fail := func(err error) {
+		var pe *stream.Error
+		if errors.As(err, &pe) {
+			conn.close(pe.Code, pe.Message)
+		}
+	}
+	push := new(pb.Push)
 	for {
-		f, err := r.ReadFrame()
+		body, err := r.ReadBody()
 		if err != nil {
-			var pe *stream.Error
-			if errors.As(err, &pe) {
-				conn.close(pe.Code, pe.Message)
+			fail(err)
+			return
+		}
+		if p, ok := stream.PushBody(body); ok {
+			if err := proto.Unmarshal(p, push); err != nil {
+				fail(stream.Errorf(stream.FrameMalformed, "cannot decode push: %v", err))
+				return
 			}
+			if ch := s.channel(push.Channel); ch != nil {
+				ch.onPush(push, false)
+			}
+			continue
+		}
+		f, err := stream.DecodeFrame(body)
+		if err != nil {
+			fail(err)
 			return
 		}
 		switch b := f.Body.(type) {

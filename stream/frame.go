@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/quic-go/quic-go/quicvarint"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicpush/quicpush/stream/quicpushpb"
@@ -96,6 +97,20 @@ func NewReader(r io.Reader, maxSize int) *Reader {
 // io.ErrUnexpectedEOF. Bad frames give an *Error with FrameTooLarge,
 // FrameMalformed or FrameUnknown.
 func (r *Reader) ReadFrame() (*quicpushpb.Frame, error) {
+	body, err := r.ReadBody()
+	if err != nil {
+		return nil, err
+	}
+	return DecodeFrame(body)
+}
+
+// keptBuffer is the largest body buffer a Reader keeps between frames: an
+// idle stream holds no large message's buffer.
+const keptBuffer = 4096
+
+// ReadBody reads the next frame's body, undecoded, with the errors of
+// ReadFrame but the decoding ones. The body is valid until the next read.
+func (r *Reader) ReadBody() ([]byte, error) {
 	n, err := quicvarint.Read(r.byteR)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -106,22 +121,42 @@ func (r *Reader) ReadFrame() (*quicpushpb.Frame, error) {
 	if n > uint64(r.maxSize) {
 		return nil, Errorf(FrameTooLarge, "frame of %d bytes exceeds %d", n, r.maxSize)
 	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, n)
+	var body []byte
+	if n > keptBuffer {
+		body = make([]byte, n)
+	} else {
+		if cap(r.buf) < int(n) {
+			r.buf = make([]byte, n) // as large as needed: small on a quiet stream
+		}
+		body = r.buf[:n]
 	}
-	body := r.buf[:n]
 	if _, err := io.ReadFull(r.r, body); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
-	f, err := DecodeFrame(body)
-	if len(r.buf) > 4096 {
-		r.buf = nil // do not keep a large message's buffer on an idle stream
-	}
-	return f, err
+	return body, nil
 }
+
+// PushBody returns the Push inside a frame body that is a Push frame and
+// nothing else, for a reader that decodes pushes into a Push it reuses
+// (proto.Unmarshal resets it in place); ok is false for any other body,
+// which DecodeFrame then decodes (or refuses) as usual.
+func PushBody(body []byte) (push []byte, ok bool) {
+	num, typ, n := protowire.ConsumeTag(body)
+	if n < 0 || num != pushField || typ != protowire.BytesType {
+		return nil, false
+	}
+	push, m := protowire.ConsumeBytes(body[n:])
+	if m < 0 || n+m != len(body) {
+		return nil, false
+	}
+	return push, true
+}
+
+// pushField is Frame.push's field number.
+var pushField = (&quicpushpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName("push").Number()
 
 // DecodeFrame decodes one frame body (without its length prefix).
 func DecodeFrame(body []byte) (*quicpushpb.Frame, error) {

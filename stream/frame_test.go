@@ -215,3 +215,27 @@ func BenchmarkReadFrame(b *testing.B) {
 		}
 	}
 }
+
+// PushBody finds the Push of a frame that is a Push and nothing else, and
+// nothing in any other frame.
+func TestPushBody(t *testing.T) {
+	push := &pb.Push{Channel: "room/a", Epoch: 7, Seq: 3, Data: []byte("quiz")}
+	body, err := proto.Marshal(&pb.Frame{Body: &pb.Frame_Push{Push: push}})
+	require.NoError(t, err)
+	inner, ok := PushBody(body)
+	require.True(t, ok)
+	var got pb.Push
+	require.NoError(t, proto.Unmarshal(inner, &got))
+	require.True(t, proto.Equal(push, &got))
+
+	_, ok = PushBody(append(body[:len(body):len(body)], body...))
+	require.False(t, ok, "two pushes in one frame: left to DecodeFrame")
+	for _, f := range sampleFrames() {
+		b, err := proto.Marshal(f)
+		require.NoError(t, err)
+		_, ok := PushBody(b)
+		require.Equal(t, f.GetPush() != nil, ok, "%s", Name(f))
+	}
+	_, ok = PushBody(body[:len(body)-1])
+	require.False(t, ok, "truncated")
+}
