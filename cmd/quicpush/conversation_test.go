@@ -14,13 +14,15 @@ func TestSendAndInbox(t *testing.T) {
 	ts := startBadgerServer(t)
 	_, wait := ts.background(t, "--token", "alice", "send", "bob", "--data", "hello bob", "--id", "m-1", "--wait", "read", "--timeout", "20s")
 
-	// Bob reads his inbox once the message is there (send's ack line is
-	// written before it waits; poll bob's count instead of racing it).
-	var res result
+	// Bob reads his inbox once the message is stored there (history reads
+	// the store and acknowledges nothing, unlike inbox).
 	require.Eventually(t, func() bool {
-		res = ts.quicpush(t, "--token", "bob", "inbox", "--mark-read", "--timeout", "10s")
-		return res.code == 0 && len(lines[recordLine](t, res.stdout)) == 2
-	}, 15*time.Second, 50*time.Millisecond, "inbox: %+v", res)
+		h := ts.quicpush(t, "--token", "bob", "history", "user/bob/inbox")
+		return h.code == 0 && strings.Count(h.stdout, "\n") == 1
+	}, 15*time.Second, 50*time.Millisecond, "the message never reached bob's inbox")
+	res := ts.quicpush(t, "--token", "bob", "inbox", "--mark-read", "--timeout", "10s")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Len(t, lines[recordLine](t, res.stdout), 2, res.stdout)
 	count := lines[countLine](t, res.stdout)[0]
 	require.Equal(t, countLine{Channel: "user/bob/inbox", Waiting: 1, Head: 1, Acked: 0, PageSize: 200}, count)
 	msg := lines[recordLine](t, res.stdout)[1]
@@ -31,7 +33,7 @@ func TestSendAndInbox(t *testing.T) {
 	require.Equal(t, uint64(1), msg.Seq)
 
 	sent := wait()
-	require.Equal(t, 0, sent.code, "stderr: %s", sent.stderr)
+	require.Equal(t, 0, sent.code, "stdout: %s\nstderr: %s", sent.stdout, sent.stderr)
 	ack := lines[sendLine](t, sent.stdout)[0]
 	require.Equal(t, sendLine{To: "bob", Channel: "user/bob/inbox", Seq: 1, Epoch: ack.Epoch, ID: "m-1"}, ack)
 	receipts := lines[receiptLine](t, sent.stdout)[1:]
