@@ -115,24 +115,12 @@ func (c *conn) serveInboxPull(st bidiStream, req *pb.InboxPull) error {
 	} else if req.Newest {
 		to = b.Last
 	}
-	next, sent := from, uint64(0)
-	for next <= to {
-		msgs, err := c.s.cfg.Store.Range(c.ctx, req.Channel, next, to, repairPage)
-		if err != nil {
-			return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err))
-		}
-		if len(msgs) == 0 {
-			break
-		}
-		frames := make([]*pb.Frame, len(msgs))
-		for i, m := range msgs {
-			frames[i] = pushFrame(m)
-		}
-		if err := writeFrames(st, frames...); err != nil {
-			return nil // the client gave up on this page
-		}
-		sent += uint64(len(msgs))
-		next = msgs[len(msgs)-1].Seq + 1
+	next, sent, storeErr, writeErr := c.pushRange(st, req.Channel, from, to)
+	switch {
+	case storeErr != nil:
+		return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, storeErr))
+	case writeErr != nil:
+		return nil // the client gave up on this page
 	}
 	c.s.metrics.chat.pages.Add(1)
 	c.s.metrics.chat.pageMessages.Add(sent)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"time"
 
 	"github.com/quicpush/quicpush/stream"
@@ -51,26 +52,14 @@ func (c *conn) serveRepair(st bidiStream, req *pb.RepairRequest) error {
 	}
 	from := max(req.From, b.First)
 	to := min(req.To, b.Last, from+uint64(limit)-1)
-	next := from
-	var buf []byte
-	for next <= to {
-		msgs, err := c.s.cfg.Store.Range(c.ctx, req.Channel, next, to, repairPage)
-		if err != nil {
-			return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err))
-		}
-		if len(msgs) == 0 {
-			break
-		}
-		buf = buf[:0]
-		for _, m := range msgs {
-			buf, _ = stream.AppendFrame(buf, pushFrame(m))
-		}
-		if _, err := st.Write(buf); err != nil {
-			c.s.metrics.repairsAborted.Add(1)
-			return nil // the client gave up on this repair
-		}
-		c.s.metrics.repairMessages.Add(uint64(len(msgs)))
-		next = msgs[len(msgs)-1].Seq + 1
+	next, sent, storeErr, writeErr := c.pushRange(st, req.Channel, from, to)
+	c.s.metrics.repairMessages.Add(sent)
+	switch {
+	case storeErr != nil:
+		return fail(stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, storeErr))
+	case writeErr != nil:
+		c.s.metrics.repairsAborted.Add(1)
+		return nil // the client gave up on this repair
 	}
 	end, _ := stream.AppendFrame(nil, &pb.Frame{Body: &pb.Frame_RepairEnd{RepairEnd: &pb.RepairEnd{
 		Next: next, FirstRetained: b.First, Head: b.Last, Epoch: b.Epoch,
@@ -79,4 +68,29 @@ func (c *conn) serveRepair(st bidiStream, req *pb.RepairRequest) error {
 	c.s.metrics.repairsServed.Add(1)
 	c.s.metrics.repairDuration.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// pushRange writes channel's stored messages from..to on st as pushes, a
+// store page at a time (repairs and offline pages), and returns the seq
+// after the last one written and how many were. A failed read is storeErr;
+// a failed write (the client gave up) is writeErr.
+func (c *conn) pushRange(st io.Writer, channel string, from, to uint64) (next, sent uint64, storeErr, writeErr error) {
+	next = from
+	var buf []byte
+	for next <= to {
+		msgs, err := c.s.cfg.Store.Range(c.ctx, channel, next, to, repairPage)
+		if err != nil || len(msgs) == 0 {
+			return next, sent, err, nil
+		}
+		buf = buf[:0]
+		for _, m := range msgs {
+			buf, _ = stream.AppendFrame(buf, pushFrame(m))
+		}
+		if _, err := st.Write(buf); err != nil {
+			return next, sent, nil, err
+		}
+		sent += uint64(len(msgs))
+		next = msgs[len(msgs)-1].Seq + 1
+	}
+	return next, sent, nil, nil
 }

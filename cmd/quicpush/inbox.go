@@ -74,13 +74,9 @@ func entryLine(e client.InboxEntry) recordLine {
 func (c *inboxCmd) Run(ctx context.Context, e *env) error {
 	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
-	var state client.PositionStore
-	if c.State != "" {
-		fs, err := client.OpenFileStore(c.State)
-		if err != nil {
-			return fmt.Errorf("cannot use --state: %w", err)
-		}
-		state = fs
+	state, err := openState(c.State)
+	if err != nil {
+		return err
 	}
 	cl, err := e.dial(ctx, state, c.Timeout, nil)
 	if err != nil {

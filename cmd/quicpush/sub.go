@@ -78,13 +78,9 @@ func (c *subCmd) Validate() error {
 func (c *subCmd) Run(ctx context.Context, e *env) error {
 	ctx, cancel := withTimeout(ctx, c.Timeout)
 	defer cancel()
-	var state client.PositionStore
-	if c.State != "" {
-		fs, err := client.OpenFileStore(c.State)
-		if err != nil {
-			return fmt.Errorf("cannot use --state: %w", err)
-		}
-		state = fs
+	state, err := openState(c.State)
+	if err != nil {
+		return err
 	}
 	// The client stops on its own when the server refuses it for good
 	// (e.g. UNAUTHORIZED once its token expired): nothing more will come.
@@ -339,4 +335,17 @@ func (p *printer) writeStats(st client.Stats) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	writeLine(p.w, l)
+}
+
+// openState opens the --state file of handled positions; none (memory
+// only) without one.
+func openState(path string) (client.PositionStore, error) {
+	if path == "" {
+		return nil, nil
+	}
+	fs, err := client.OpenFileStore(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot use --state: %w", err)
+	}
+	return fs, nil
 }
