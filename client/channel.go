@@ -335,10 +335,16 @@ func (ch *channel) enqueue(it item) {
 	}
 }
 
+// maxSpareItems bounds the queue a channel keeps between bursts.
+const maxSpareItems = 256
+
 // deliver runs the handler, one item at a time, then saves the position
 // and schedules the acknowledgement.
 func (ch *channel) deliver() {
 	defer close(ch.done)
+	// Two queues swap between enqueue and this loop, so that a steady
+	// stream of pushes allocates none.
+	var spare []item
 	for {
 		select {
 		case <-ch.stop:
@@ -348,9 +354,10 @@ func (ch *channel) deliver() {
 		for {
 			ch.mu.Lock()
 			items := ch.ready
-			ch.ready = nil
+			ch.ready = spare
 			ch.mu.Unlock()
 			if len(items) == 0 {
+				spare = items
 				break
 			}
 			for _, it := range items {
@@ -394,6 +401,11 @@ func (ch *channel) deliver() {
 					}
 					ch.finished(it.save, err == nil)
 				}
+			}
+			// Keep the queue but not its messages, nor a burst's capacity.
+			clear(items)
+			if spare = items[:0]; cap(spare) > maxSpareItems {
+				spare = nil
 			}
 		}
 	}

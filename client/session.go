@@ -35,6 +35,8 @@ type Session struct {
 	pubs     map[uint64]*pendingPublish
 	acks     map[string]Position
 	ackTimer *time.Timer
+	// When the first pending ack and the latest were recorded.
+	ackFirst, ackLast time.Time
 	confirms map[uint64]*Confirmation   // by publish request id
 	calls    map[uint64]chan callResult // requests awaiting their answer
 	watches  map[string]*PresenceWatch  // by channel
@@ -425,13 +427,21 @@ func (sub *Subscription) Close() {
 	sub.ch.close()
 }
 
-// ack records a handled position; acks are cumulative and sent at most
-// once per ack delay per session.
+// maxAckHold is how many ack delays a pending ack may wait while the
+// session keeps handling messages.
+const maxAckHold = 5
+
+// ack records a handled position. Acks are cumulative; they go once the
+// session has handled nothing for the ack delay, or maxAckHold ack delays
+// after the first pending one: as soon as before when messages are
+// sparse, and a fifth as many packets from a busy subscriber.
 func (s *Session) ack(channel string, pos Position) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.acks[channel] = pos
+	s.ackLast = time.Now()
 	if s.ackTimer == nil && s.conn != nil {
+		s.ackFirst = s.ackLast
 		s.ackTimer = time.AfterFunc(s.conn.params.ackDelay, s.flushAcks)
 	}
 }
@@ -442,6 +452,12 @@ func (s *Session) flushAcks() {
 	s.ackTimer = nil
 	if s.send == nil || len(s.acks) == 0 {
 		return // sent on resume
+	}
+	delay := s.conn.params.ackDelay
+	quiet, deadline := time.Since(s.ackLast), s.ackFirst.Add(maxAckHold*delay)
+	if wait := min(delay-quiet, time.Until(deadline)); wait > 0 {
+		s.ackTimer = time.AfterFunc(wait, s.flushAcks) // still busy
+		return
 	}
 	s.send.SendFrames(s.ackFrames()...)
 }

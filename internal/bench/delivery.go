@@ -69,6 +69,7 @@ type side struct {
 	published, remaining int64
 	wall                 time.Duration
 	serverCPU, loadCPU   time.Duration
+	datagrams            int64   // sent on the machine while measuring
 	other                float64 // CPU seconds of other processes
 	rss                  int64
 }
@@ -172,6 +173,7 @@ func (s *side) measure(ctx context.Context, cfg *Config, st *status, d time.Dura
 	s.serverCPU += s1.cpu - s0.cpu
 	s.loadCPU += s1.load - s0.load
 	s.other += coresBetween(s0, s1).other * wall.Seconds()
+	s.datagrams += s1.udp - s0.udp
 	s.rss = s1.rss
 	return nil
 }
@@ -187,6 +189,7 @@ func (s *side) figures() Figures {
 	}
 	if got > 0 {
 		f.CPUPerDeliveryUs = float64(s.serverCPU.Microseconds()) / float64(got)
+		f.DatagramsPerDelivery = float64(s.datagrams) / float64(got)
 	}
 	return f
 }

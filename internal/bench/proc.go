@@ -114,6 +114,7 @@ type sample struct {
 	rss  int64         // the child's, in bytes
 	load time.Duration // this process's CPU time (the load clients)
 	busy time.Duration // the CPU time of every process on the machine
+	udp  int64         // UDP datagrams sent by every process on the machine
 }
 
 func (p *serverProc) sample() (sample, error) {
@@ -135,7 +136,10 @@ func sampleSelf() (sample, error) {
 	if s.load, err = cpuTime(os.Getpid()); err != nil {
 		return s, err
 	}
-	s.busy, err = machineBusy()
+	if s.busy, err = machineBusy(); err != nil {
+		return s, err
+	}
+	s.udp, err = udpSent()
 	return s, err
 }
 
@@ -204,6 +208,34 @@ func machineBusy() (time.Duration, error) {
 		busy += n
 	}
 	return time.Duration(busy) * time.Second / userHZ, nil
+}
+
+// udpSent reads how many UDP datagrams the machine (its network namespace)
+// has sent, from /proc/net/snmp: over loopback that is every packet both
+// ways, what quic-go's per-packet costs scale with.
+func udpSent() (int64, error) {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for line := range strings.Lines(string(b)) {
+		v, ok := strings.CutPrefix(line, "Udp:")
+		if !ok {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(v)
+			continue
+		}
+		values := strings.Fields(v)
+		for i, name := range names {
+			if name == "OutDatagrams" && i < len(values) {
+				return strconv.ParseInt(values[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no Udp OutDatagrams in /proc/net/snmp")
 }
 
 // rss reads a process's resident set size from /proc/PID/status.

@@ -78,6 +78,7 @@ func (r *Result) rows() []row {
 	case Fanout, Latency:
 		add("deliveries/s", func(f *Figures) float64 { return f.DeliveriesPerSec }, "%.0f", "deliveries_per_s")
 		add("server CPU µs/delivery", func(f *Figures) float64 { return f.CPUPerDeliveryUs }, "%.1f", "server_cpu_us_per_delivery")
+		add("UDP datagrams/delivery", func(f *Figures) float64 { return f.DatagramsPerDelivery }, "%.2f", "")
 		add("server CPU cores", func(f *Figures) float64 { return f.CPUCores }, "%.2f", "")
 		add("load clients CPU cores", func(f *Figures) float64 { return f.LoadCPUCores }, "%.2f", "")
 		add("other processes cores", func(f *Figures) float64 { return f.OtherCPUCores }, "%.2f", "")

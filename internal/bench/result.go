@@ -38,6 +38,9 @@ type Figures struct {
 	CPUPerDeliveryUs float64 `json:"server_cpu_us_per_delivery,omitempty"`
 	CPUCores         float64 `json:"server_cpu_cores,omitempty"` // CPU time / wall time
 	LoadCPUCores     float64 `json:"load_cpu_cores,omitempty"`   // the load clients' process
+	// DatagramsPerDelivery counts the machine's UDP datagrams, both ways:
+	// fewer messages per packet show here first.
+	DatagramsPerDelivery float64 `json:"udp_datagrams_per_delivery,omitempty"`
 	// OtherCPUCores is what the rest of the machine used meanwhile: a run
 	// that shared the cores with other work is not comparable.
 	OtherCPUCores float64      `json:"other_cpu_cores,omitempty"`

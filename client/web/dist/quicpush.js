@@ -4207,6 +4207,7 @@ var Channel = class {
 
 // src/session.js
 var encoder = new TextEncoder();
+var MAX_ACK_HOLD = 5;
 function randomID() {
   const b = crypto.getRandomValues(new Uint8Array(12));
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -4429,17 +4430,32 @@ var Session = class {
     this.subWait.delete(channel);
     if (wait) err ? wait.reject(err) : wait.resolve();
   }
-  /** ack records a handled position; acks are cumulative and sent at most once per ack delay. */
+  /**
+   * ack records a handled position. Acks are cumulative; they go once the session has handled
+   * nothing for the ack delay, or MAX_ACK_HOLD ack delays after the first pending one (as the Go SDK).
+   */
   ack(channel, pos) {
     this.acks.set(channel, pos);
+    this.ackLast = performance.now();
     if (!this.ackTimer && this.conn?.params) {
-      this.ackTimer = setTimeout(() => this.flushAcks(), this.conn.params.ackDelay);
+      this.ackFirst = this.ackLast;
+      this.ackTimer = setTimeout(() => this.flushAcks(true), this.conn.params.ackDelay);
     }
   }
-  flushAcks() {
+  /** flushAcks sends the pending acks; fromTimer: only once the session is quiet or held long enough. */
+  flushAcks(fromTimer = false) {
     if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = null;
     if (!this.send || this.acks.size === 0) return;
+    if (fromTimer) {
+      const delay = this.conn.params.ackDelay;
+      const now = performance.now();
+      const wait = Math.min(delay - (now - this.ackLast), this.ackFirst + MAX_ACK_HOLD * delay - now);
+      if (wait > 0) {
+        this.ackTimer = setTimeout(() => this.flushAcks(true), wait);
+        return;
+      }
+    }
     this.send.send(...this.ackFrames());
   }
   ackFrames() {

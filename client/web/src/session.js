@@ -10,6 +10,8 @@ import { Sender, SendOrder } from "./connection.js";
 import { overrideParams } from "./params.js";
 
 const encoder = new TextEncoder();
+/** How many ack delays a pending ack may wait while the session keeps handling messages. */
+const MAX_ACK_HOLD = 5;
 
 function randomID() {
   const b = crypto.getRandomValues(new Uint8Array(12));
@@ -249,18 +251,33 @@ export class Session {
     if (wait) err ? wait.reject(err) : wait.resolve();
   }
 
-  /** ack records a handled position; acks are cumulative and sent at most once per ack delay. */
+  /**
+   * ack records a handled position. Acks are cumulative; they go once the session has handled
+   * nothing for the ack delay, or MAX_ACK_HOLD ack delays after the first pending one (as the Go SDK).
+   */
   ack(channel, pos) {
     this.acks.set(channel, pos);
+    this.ackLast = performance.now();
     if (!this.ackTimer && this.conn?.params) {
-      this.ackTimer = setTimeout(() => this.flushAcks(), this.conn.params.ackDelay);
+      this.ackFirst = this.ackLast;
+      this.ackTimer = setTimeout(() => this.flushAcks(true), this.conn.params.ackDelay);
     }
   }
 
-  flushAcks() {
+  /** flushAcks sends the pending acks; fromTimer: only once the session is quiet or held long enough. */
+  flushAcks(fromTimer = false) {
     if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = null;
     if (!this.send || this.acks.size === 0) return; // sent on resume
+    if (fromTimer) {
+      const delay = this.conn.params.ackDelay;
+      const now = performance.now();
+      const wait = Math.min(delay - (now - this.ackLast), this.ackFirst + MAX_ACK_HOLD * delay - now);
+      if (wait > 0) {
+        this.ackTimer = setTimeout(() => this.flushAcks(true), wait); // still busy
+        return;
+      }
+    }
     this.send.send(...this.ackFrames());
   }
 
