@@ -37,9 +37,9 @@ type Session struct {
 	ackTimer *time.Timer
 	// When the first pending ack and the latest were recorded.
 	ackFirst, ackLast time.Time
-	confirms map[uint64]*Confirmation   // by publish request id
-	calls    map[uint64]chan callResult // requests awaiting their answer
-	watches  map[string]*PresenceWatch  // by channel
+	confirms          map[uint64]*Confirmation   // by publish request id
+	calls             map[uint64]chan callResult // requests awaiting their answer
+	watches           map[string]*PresenceWatch  // by channel
 }
 
 type pendingPublish struct {
