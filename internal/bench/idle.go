@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -37,12 +38,19 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	if err != nil {
 		return Figures{}, err
 	}
+	stopProfile, err := profiler(cfg, kind, srv) // the connects' CPU
+	if err != nil {
+		return Figures{}, err
+	}
 	var connected atomic.Int64
 	st.set(func() string { return fmt.Sprintf("connecting: %d/%d", connected.Load(), cfg.Subscribers) })
 	closeAll, err := connectAll(ctx, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
 		return sys.subscribe(ctx, i, func([]byte) {})
 	}, func(n int) { connected.Store(int64(n)) })
-	if err != nil {
+	if err := errors.Join(err, stopProfile()); err != nil {
+		if closeAll != nil {
+			closeAll()
+		}
 		return Figures{}, err
 	}
 	defer closeAll()
