@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
@@ -156,8 +154,8 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 			return
 		}
 		if p, ok := stream.PushBody(body); ok {
-			if err := proto.Unmarshal(p, push); err != nil {
-				fail(stream.Errorf(stream.FrameMalformed, "cannot decode push: %v", err))
+			if err := stream.DecodePush(p, push); err != nil {
+				fail(err)
 				return
 			}
 			if ch := s.channel(push.Channel); ch != nil {

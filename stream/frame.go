@@ -155,6 +155,19 @@ func PushBody(body []byte) (push []byte, ok bool) {
 	return push, true
 }
 
+// DecodePush decodes a Push that PushBody found into p, which it resets
+// and reuses: with vtprotobuf's generated code, without reflection, for
+// the client's hot path (a third of its own CPU per delivery was spent in
+// proto.Unmarshal). Unlike DecodeFrame it does not check that strings are
+// valid UTF-8: a push comes from the server, which validated them.
+func DecodePush(b []byte, p *quicpushpb.Push) error {
+	p.Reset()
+	if err := p.UnmarshalVT(b); err != nil {
+		return Errorf(FrameMalformed, "cannot decode push: %v", err)
+	}
+	return nil
+}
+
 // pushField is Frame.push's field number.
 var pushField = (&quicpushpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName("push").Number()
 
