@@ -155,11 +155,11 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 	if p.Class == pb.Class_CLASS_DROPPABLE {
 		// Never repaired and never waited for: a hole in droppable_seq is
 		// only counted (shed by the server, told by Shed, or lost).
-		ch.s.c.stats.droppable(p.Channel, p.DroppableSeq)
+		ch.s.c.stats.droppable(ch.name, p.DroppableSeq)
 		if len(ch.ready) >= ch.s.c.cfg.BufferLimit {
 			return false // the handler is behind: thinned here too (counted as missing)
 		}
-		ch.enqueue(item{msg: messageFrom(p, repaired)})
+		ch.enqueue(item{msg: messageFrom(ch.name, p, repaired)})
 		return true
 	}
 	if ch.epoch == 0 && ch.queued == 0 {
@@ -174,11 +174,11 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 		// it has caught up, rather than hold an unbounded queue.
 	} else if p.Seq == ch.queued+1 {
 		ch.queued++
-		ch.enqueue(item{msg: messageFrom(p, repaired), save: Position{Epoch: ch.epoch, Seq: p.Seq}, hasSave: true})
+		ch.enqueue(item{msg: messageFrom(ch.name, p, repaired), save: Position{Epoch: ch.epoch, Seq: p.Seq}, hasSave: true})
 		ch.drain()
 		fresh = true
 	} else if _, ok := ch.buf[p.Seq]; !ok && len(ch.buf) < ch.s.c.cfg.BufferLimit {
-		ch.buf[p.Seq] = messageFrom(p, repaired)
+		ch.buf[p.Seq] = messageFrom(ch.name, p, repaired)
 		fresh = true
 	}
 	if !repaired {

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"bytes"
+	"strings"
 	"time"
 
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
@@ -63,10 +65,19 @@ const (
 // again; the error goes to SubscribeOptions.OnError.
 type Handler func(Message) error
 
-func messageFrom(p *pb.Push, repaired bool) Message {
+// messageFrom makes the Message of a push on channel. It copies what it
+// keeps, as a live push aliases the reader's buffer (stream.DecodePush):
+// the data, and From and ID in one allocation.
+func messageFrom(channel string, p *pb.Push, repaired bool) Message {
+	var ids strings.Builder
+	ids.Grow(len(p.From) + len(p.Id))
+	ids.WriteString(p.From)
+	ids.WriteString(p.Id)
+	fromID := ids.String()
 	return Message{
-		Channel: p.Channel, Epoch: p.Epoch, Seq: p.Seq,
+		Channel: channel, Epoch: p.Epoch, Seq: p.Seq,
 		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
-		Data: p.Data, Time: time.Unix(0, p.TimeUnixNs), From: p.From, ID: p.Id, Repaired: repaired, Critical: p.Critical,
+		Data: bytes.Clone(p.Data), Time: time.Unix(0, p.TimeUnixNs), From: fromID[:len(p.From)], ID: fromID[len(p.From):],
+		Repaired: repaired, Critical: p.Critical,
 	}
 }

@@ -137,8 +137,9 @@ func (s *Session) channelList() []*channel {
 }
 
 // read handles the frames the server sends on the session stream. Pushes,
-// nearly all of them, are decoded into one Push that is reused: a channel
-// copies what it keeps (messageFrom), so nothing holds it past onPush.
+// nearly all of them, are decoded into one Push that is reused and aliases
+// the reader's buffer: a channel copies what it keeps (messageFrom), so
+// nothing holds it past onPush.
 func (s *Session) read(conn *connection, r *stream.Reader) {
 	fail := func(err error) {
 		var pe *stream.Error

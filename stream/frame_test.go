@@ -246,13 +246,15 @@ func BenchmarkReadFrame(b *testing.B) {
 	}
 }
 
-// BenchmarkDecodePush compares the client's push decoding (vtprotobuf)
-// with proto.Unmarshal into the same reused Push.
+// BenchmarkDecodePush compares the client's push decoding (vtprotobuf,
+// aliasing the body: the client then copies the data and the two ids, two
+// allocations) with proto.Unmarshal into the same reused Push (which
+// copies, four allocations).
 func BenchmarkDecodePush(b *testing.B) {
 	body, _ := proto.Marshal(&pb.Push{Channel: "room/math-101", Epoch: 1 << 60, Seq: 123456, Data: make([]byte, 100),
 		TimeUnixNs: 1 << 62, From: "teacher", Id: "m-123456"})
 	p := new(pb.Push)
-	b.Run("vtprotobuf", func(b *testing.B) {
+	b.Run("DecodePush-aliasing", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := DecodePush(body, p); err != nil {
@@ -260,7 +262,7 @@ func BenchmarkDecodePush(b *testing.B) {
 			}
 		}
 	})
-	b.Run("proto.Unmarshal", func(b *testing.B) {
+	b.Run("proto.Unmarshal-copying", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := proto.Unmarshal(body, p); err != nil {

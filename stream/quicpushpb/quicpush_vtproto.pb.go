@@ -9,6 +9,7 @@ import (
 	protohelpers "github.com/planetscale/vtprotobuf/protohelpers"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	io "io"
+	unsafe "unsafe"
 )
 
 const (
@@ -18,7 +19,7 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-func (m *Frame) UnmarshalVT(dAtA []byte) error {
+func (m *Frame) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -77,12 +78,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Hello); ok {
-				if err := oneof.Hello.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Hello.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Hello{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Hello{Hello: v}
@@ -118,12 +119,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Welcome); ok {
-				if err := oneof.Welcome.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Welcome.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Welcome{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Welcome{Welcome: v}
@@ -159,12 +160,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Ping); ok {
-				if err := oneof.Ping.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Ping.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Ping{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Ping{Ping: v}
@@ -200,12 +201,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Pong); ok {
-				if err := oneof.Pong.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Pong.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Pong{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Pong{Pong: v}
@@ -241,12 +242,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_GoAway); ok {
-				if err := oneof.GoAway.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.GoAway.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &GoAway{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_GoAway{GoAway: v}
@@ -282,12 +283,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Refresh); ok {
-				if err := oneof.Refresh.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Refresh.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Refresh{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Refresh{Refresh: v}
@@ -323,12 +324,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Refreshed); ok {
-				if err := oneof.Refreshed.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Refreshed.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Refreshed{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Refreshed{Refreshed: v}
@@ -364,12 +365,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_SessionOpen); ok {
-				if err := oneof.SessionOpen.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.SessionOpen.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &SessionOpen{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_SessionOpen{SessionOpen: v}
@@ -405,12 +406,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Subscribe); ok {
-				if err := oneof.Subscribe.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Subscribe.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Subscribe{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Subscribe{Subscribe: v}
@@ -446,12 +447,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Subscribed); ok {
-				if err := oneof.Subscribed.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Subscribed.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Subscribed{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Subscribed{Subscribed: v}
@@ -487,12 +488,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Unsubscribe); ok {
-				if err := oneof.Unsubscribe.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Unsubscribe.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Unsubscribe{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Unsubscribe{Unsubscribe: v}
@@ -528,12 +529,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Push); ok {
-				if err := oneof.Push.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Push.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Push{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Push{Push: v}
@@ -569,12 +570,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Ack); ok {
-				if err := oneof.Ack.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Ack.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Ack{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Ack{Ack: v}
@@ -610,12 +611,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Publish); ok {
-				if err := oneof.Publish.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Publish.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Publish{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Publish{Publish: v}
@@ -651,12 +652,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PublishAck); ok {
-				if err := oneof.PublishAck.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PublishAck.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PublishAck{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PublishAck{PublishAck: v}
@@ -692,12 +693,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_HeadNotice); ok {
-				if err := oneof.HeadNotice.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.HeadNotice.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &HeadNotice{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_HeadNotice{HeadNotice: v}
@@ -733,12 +734,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Shed); ok {
-				if err := oneof.Shed.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Shed.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Shed{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Shed{Shed: v}
@@ -774,12 +775,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_SessionOpened); ok {
-				if err := oneof.SessionOpened.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.SessionOpened.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &SessionOpened{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_SessionOpened{SessionOpened: v}
@@ -815,12 +816,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_RepairRequest); ok {
-				if err := oneof.RepairRequest.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.RepairRequest.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &RepairRequest{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_RepairRequest{RepairRequest: v}
@@ -856,12 +857,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_RepairEnd); ok {
-				if err := oneof.RepairEnd.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.RepairEnd.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &RepairEnd{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_RepairEnd{RepairEnd: v}
@@ -897,12 +898,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_ChatSend); ok {
-				if err := oneof.ChatSend.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.ChatSend.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &ChatSend{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_ChatSend{ChatSend: v}
@@ -938,12 +939,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_ReceiptRead); ok {
-				if err := oneof.ReceiptRead.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.ReceiptRead.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &ReceiptRead{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_ReceiptRead{ReceiptRead: v}
@@ -979,12 +980,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_InboxCountRequest); ok {
-				if err := oneof.InboxCountRequest.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.InboxCountRequest.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &InboxCountRequest{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_InboxCountRequest{InboxCountRequest: v}
@@ -1020,12 +1021,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_InboxCounts); ok {
-				if err := oneof.InboxCounts.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.InboxCounts.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &InboxCounts{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_InboxCounts{InboxCounts: v}
@@ -1061,12 +1062,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_InboxPull); ok {
-				if err := oneof.InboxPull.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.InboxPull.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &InboxPull{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_InboxPull{InboxPull: v}
@@ -1102,12 +1103,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_InboxPage); ok {
-				if err := oneof.InboxPage.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.InboxPage.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &InboxPage{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_InboxPage{InboxPage: v}
@@ -1143,12 +1144,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_ConfirmProgress); ok {
-				if err := oneof.ConfirmProgress.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.ConfirmProgress.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &ConfirmProgress{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_ConfirmProgress{ConfirmProgress: v}
@@ -1184,12 +1185,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_ConfirmReport); ok {
-				if err := oneof.ConfirmReport.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.ConfirmReport.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &ConfirmReport{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_ConfirmReport{ConfirmReport: v}
@@ -1225,12 +1226,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PresenceWatch); ok {
-				if err := oneof.PresenceWatch.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PresenceWatch.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PresenceWatch{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PresenceWatch{PresenceWatch: v}
@@ -1266,12 +1267,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PresenceUnwatch); ok {
-				if err := oneof.PresenceUnwatch.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PresenceUnwatch.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PresenceUnwatch{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PresenceUnwatch{PresenceUnwatch: v}
@@ -1307,12 +1308,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PresenceUpdate); ok {
-				if err := oneof.PresenceUpdate.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PresenceUpdate.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PresenceUpdate{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PresenceUpdate{PresenceUpdate: v}
@@ -1348,12 +1349,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PresenceList); ok {
-				if err := oneof.PresenceList.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PresenceList.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PresenceList{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PresenceList{PresenceList: v}
@@ -1389,12 +1390,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_PresenceMembers); ok {
-				if err := oneof.PresenceMembers.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.PresenceMembers.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &PresenceMembers{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_PresenceMembers{PresenceMembers: v}
@@ -1430,12 +1431,12 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if oneof, ok := m.Body.(*Frame_Error); ok {
-				if err := oneof.Error.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := oneof.Error.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 			} else {
 				v := &Error{}
-				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 					return err
 				}
 				m.Body = &Frame_Error{Error: v}
@@ -1463,7 +1464,7 @@ func (m *Frame) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Hello) UnmarshalVT(dAtA []byte) error {
+func (m *Hello) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -1579,7 +1580,11 @@ func (m *Hello) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Token = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Token = stringValue
 			iNdEx = postIndex
 		case 5:
 			if wireType != 2 {
@@ -1611,7 +1616,11 @@ func (m *Hello) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.ClientId = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.ClientId = stringValue
 			iNdEx = postIndex
 		case 6:
 			if wireType != 2 {
@@ -1643,7 +1652,11 @@ func (m *Hello) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.DeviceId = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.DeviceId = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -1667,7 +1680,7 @@ func (m *Hello) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Welcome) UnmarshalVT(dAtA []byte) error {
+func (m *Welcome) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -1783,7 +1796,11 @@ func (m *Welcome) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.ConnectionId = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.ConnectionId = stringValue
 			iNdEx = postIndex
 		case 5:
 			if wireType != 2 {
@@ -1815,7 +1832,11 @@ func (m *Welcome) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.User = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.User = stringValue
 			iNdEx = postIndex
 		case 6:
 			if wireType != 0 {
@@ -2010,7 +2031,7 @@ func (m *Welcome) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Refresh) UnmarshalVT(dAtA []byte) error {
+func (m *Refresh) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2069,7 +2090,11 @@ func (m *Refresh) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Token = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Token = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -2093,7 +2118,7 @@ func (m *Refresh) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Refreshed) UnmarshalVT(dAtA []byte) error {
+func (m *Refreshed) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2163,7 +2188,7 @@ func (m *Refreshed) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Ping) UnmarshalVT(dAtA []byte) error {
+func (m *Ping) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2240,10 +2265,7 @@ func (m *Ping) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Padding = append(m.Padding[:0], dAtA[iNdEx:postIndex]...)
-			if m.Padding == nil {
-				m.Padding = []byte{}
-			}
+			m.Padding = dAtA[iNdEx:postIndex]
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -2286,7 +2308,7 @@ func (m *Ping) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Pong) UnmarshalVT(dAtA []byte) error {
+func (m *Pong) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2356,7 +2378,7 @@ func (m *Pong) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *GoAway) UnmarshalVT(dAtA []byte) error {
+func (m *GoAway) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2453,7 +2475,11 @@ func (m *GoAway) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Message = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Message = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -2477,7 +2503,7 @@ func (m *GoAway) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *SessionOpen) UnmarshalVT(dAtA []byte) error {
+func (m *SessionOpen) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2536,7 +2562,11 @@ func (m *SessionOpen) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Name = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Name = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -2560,7 +2590,7 @@ func (m *SessionOpen) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Subscribe) UnmarshalVT(dAtA []byte) error {
+func (m *Subscribe) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2638,7 +2668,11 @@ func (m *Subscribe) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -2719,7 +2753,7 @@ func (m *Subscribe) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Subscribed) UnmarshalVT(dAtA []byte) error {
+func (m *Subscribed) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2797,7 +2831,11 @@ func (m *Subscribed) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -2936,7 +2974,7 @@ func (m *Subscribed) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Unsubscribe) UnmarshalVT(dAtA []byte) error {
+func (m *Unsubscribe) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -2995,7 +3033,11 @@ func (m *Unsubscribe) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -3019,7 +3061,7 @@ func (m *Unsubscribe) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Push) UnmarshalVT(dAtA []byte) error {
+func (m *Push) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -3078,7 +3120,11 @@ func (m *Push) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -3166,10 +3212,7 @@ func (m *Push) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
-			if m.Data == nil {
-				m.Data = []byte{}
-			}
+			m.Data = dAtA[iNdEx:postIndex]
 			iNdEx = postIndex
 		case 6:
 			if wireType != 0 {
@@ -3220,7 +3263,11 @@ func (m *Push) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.From = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.From = stringValue
 			iNdEx = postIndex
 		case 8:
 			if wireType != 2 {
@@ -3252,7 +3299,11 @@ func (m *Push) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Id = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Id = stringValue
 			iNdEx = postIndex
 		case 9:
 			if wireType != 0 {
@@ -3315,7 +3366,7 @@ func (m *Push) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Ack) UnmarshalVT(dAtA []byte) error {
+func (m *Ack) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -3374,7 +3425,11 @@ func (m *Ack) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -3436,7 +3491,7 @@ func (m *Ack) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Publish) UnmarshalVT(dAtA []byte) error {
+func (m *Publish) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -3514,7 +3569,11 @@ func (m *Publish) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 2 {
@@ -3545,10 +3604,7 @@ func (m *Publish) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
-			if m.Data == nil {
-				m.Data = []byte{}
-			}
+			m.Data = dAtA[iNdEx:postIndex]
 			iNdEx = postIndex
 		case 4:
 			if wireType != 0 {
@@ -3599,7 +3655,11 @@ func (m *Publish) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Id = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Id = stringValue
 			iNdEx = postIndex
 		case 6:
 			if wireType != 0 {
@@ -3653,7 +3713,7 @@ func (m *Publish) UnmarshalVT(dAtA []byte) error {
 			if m.Confirm == nil {
 				m.Confirm = &Confirm{}
 			}
-			if err := m.Confirm.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+			if err := m.Confirm.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex
@@ -3679,7 +3739,7 @@ func (m *Publish) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Confirm) UnmarshalVT(dAtA []byte) error {
+func (m *Confirm) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -3749,7 +3809,7 @@ func (m *Confirm) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *ConfirmProgress) UnmarshalVT(dAtA []byte) error {
+func (m *ConfirmProgress) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -3827,7 +3887,11 @@ func (m *ConfirmProgress) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -3947,7 +4011,7 @@ func (m *ConfirmProgress) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *ConfirmReport) UnmarshalVT(dAtA []byte) error {
+func (m *ConfirmReport) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4025,7 +4089,11 @@ func (m *ConfirmReport) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -4133,7 +4201,11 @@ func (m *ConfirmReport) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Missing = append(m.Missing, string(dAtA[iNdEx:postIndex]))
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Missing = append(m.Missing, stringValue)
 			iNdEx = postIndex
 		case 8:
 			if wireType != 0 {
@@ -4196,7 +4268,7 @@ func (m *ConfirmReport) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PresenceWatch) UnmarshalVT(dAtA []byte) error {
+func (m *PresenceWatch) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4274,7 +4346,11 @@ func (m *PresenceWatch) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -4298,7 +4374,7 @@ func (m *PresenceWatch) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PresenceUnwatch) UnmarshalVT(dAtA []byte) error {
+func (m *PresenceUnwatch) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4357,7 +4433,11 @@ func (m *PresenceUnwatch) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -4381,7 +4461,7 @@ func (m *PresenceUnwatch) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PresenceUpdate) UnmarshalVT(dAtA []byte) error {
+func (m *PresenceUpdate) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4459,7 +4539,11 @@ func (m *PresenceUpdate) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -4510,7 +4594,11 @@ func (m *PresenceUpdate) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Joined = append(m.Joined, string(dAtA[iNdEx:postIndex]))
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Joined = append(m.Joined, stringValue)
 			iNdEx = postIndex
 		case 5:
 			if wireType != 2 {
@@ -4542,7 +4630,11 @@ func (m *PresenceUpdate) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Left = append(m.Left, string(dAtA[iNdEx:postIndex]))
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Left = append(m.Left, stringValue)
 			iNdEx = postIndex
 		case 6:
 			if wireType != 0 {
@@ -4604,7 +4696,7 @@ func (m *PresenceUpdate) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PresenceList) UnmarshalVT(dAtA []byte) error {
+func (m *PresenceList) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4682,7 +4774,11 @@ func (m *PresenceList) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 2 {
@@ -4714,7 +4810,11 @@ func (m *PresenceList) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.After = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.After = stringValue
 			iNdEx = postIndex
 		case 4:
 			if wireType != 0 {
@@ -4757,7 +4857,7 @@ func (m *PresenceList) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PresenceMembers) UnmarshalVT(dAtA []byte) error {
+func (m *PresenceMembers) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -4835,7 +4935,11 @@ func (m *PresenceMembers) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 2 {
@@ -4867,7 +4971,11 @@ func (m *PresenceMembers) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Users = append(m.Users, string(dAtA[iNdEx:postIndex]))
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Users = append(m.Users, stringValue)
 			iNdEx = postIndex
 		case 4:
 			if wireType != 0 {
@@ -4918,7 +5026,11 @@ func (m *PresenceMembers) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Next = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Next = stringValue
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -4942,7 +5054,7 @@ func (m *PresenceMembers) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *PublishAck) UnmarshalVT(dAtA []byte) error {
+func (m *PublishAck) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5020,7 +5132,11 @@ func (m *PublishAck) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -5122,7 +5238,7 @@ func (m *PublishAck) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *HeadNotice) UnmarshalVT(dAtA []byte) error {
+func (m *HeadNotice) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5181,7 +5297,11 @@ func (m *HeadNotice) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -5262,7 +5382,7 @@ func (m *HeadNotice) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Shed) UnmarshalVT(dAtA []byte) error {
+func (m *Shed) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5321,7 +5441,11 @@ func (m *Shed) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -5364,7 +5488,7 @@ func (m *Shed) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *SessionOpened) UnmarshalVT(dAtA []byte) error {
+func (m *SessionOpened) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5472,7 +5596,7 @@ func (m *SessionOpened) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *RepairRequest) UnmarshalVT(dAtA []byte) error {
+func (m *RepairRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5531,7 +5655,11 @@ func (m *RepairRequest) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -5631,7 +5759,7 @@ func (m *RepairRequest) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *RepairEnd) UnmarshalVT(dAtA []byte) error {
+func (m *RepairEnd) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5758,7 +5886,7 @@ func (m *RepairEnd) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *ChatSend) UnmarshalVT(dAtA []byte) error {
+func (m *ChatSend) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -5836,7 +5964,11 @@ func (m *ChatSend) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.To = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.To = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 2 {
@@ -5868,7 +6000,11 @@ func (m *ChatSend) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Id = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Id = stringValue
 			iNdEx = postIndex
 		case 4:
 			if wireType != 2 {
@@ -5899,10 +6035,7 @@ func (m *ChatSend) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
-			if m.Data == nil {
-				m.Data = []byte{}
-			}
+			m.Data = dAtA[iNdEx:postIndex]
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -5926,7 +6059,7 @@ func (m *ChatSend) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *ReceiptRead) UnmarshalVT(dAtA []byte) error {
+func (m *ReceiptRead) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6034,7 +6167,7 @@ func (m *ReceiptRead) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxCountRequest) UnmarshalVT(dAtA []byte) error {
+func (m *InboxCountRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6093,7 +6226,11 @@ func (m *InboxCountRequest) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channels = append(m.Channels, string(dAtA[iNdEx:postIndex]))
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channels = append(m.Channels, stringValue)
 			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
@@ -6117,7 +6254,7 @@ func (m *InboxCountRequest) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxCounts) UnmarshalVT(dAtA []byte) error {
+func (m *InboxCounts) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6176,7 +6313,7 @@ func (m *InboxCounts) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			m.Counts = append(m.Counts, &InboxCount{})
-			if err := m.Counts[len(m.Counts)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+			if err := m.Counts[len(m.Counts)-1].UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex
@@ -6202,7 +6339,7 @@ func (m *InboxCounts) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxCount) UnmarshalVT(dAtA []byte) error {
+func (m *InboxCount) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6261,7 +6398,11 @@ func (m *InboxCount) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -6390,7 +6531,7 @@ func (m *InboxCount) UnmarshalVT(dAtA []byte) error {
 			if m.Error == nil {
 				m.Error = &Error{}
 			}
-			if err := m.Error.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+			if err := m.Error.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex
@@ -6416,7 +6557,7 @@ func (m *InboxCount) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxPull) UnmarshalVT(dAtA []byte) error {
+func (m *InboxPull) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6475,7 +6616,11 @@ func (m *InboxPull) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 2:
 			if wireType != 0 {
@@ -6614,7 +6759,7 @@ func (m *InboxPull) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxPage) UnmarshalVT(dAtA []byte) error {
+func (m *InboxPage) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6779,7 +6924,7 @@ func (m *InboxPage) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *InboxRecord) UnmarshalVT(dAtA []byte) error {
+func (m *InboxRecord) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -6857,7 +7002,11 @@ func (m *InboxRecord) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Peer = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Peer = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 2 {
@@ -6889,7 +7038,11 @@ func (m *InboxRecord) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Id = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Id = stringValue
 			iNdEx = postIndex
 		case 4:
 			if wireType != 2 {
@@ -6920,10 +7073,7 @@ func (m *InboxRecord) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
-			if m.Data == nil {
-				m.Data = []byte{}
-			}
+			m.Data = dAtA[iNdEx:postIndex]
 			iNdEx = postIndex
 		case 5:
 			if wireType != 0 {
@@ -6985,7 +7135,7 @@ func (m *InboxRecord) UnmarshalVT(dAtA []byte) error {
 	}
 	return nil
 }
-func (m *Error) UnmarshalVT(dAtA []byte) error {
+func (m *Error) UnmarshalVTUnsafe(dAtA []byte) error {
 	l := len(dAtA)
 	iNdEx := 0
 	for iNdEx < l {
@@ -7063,7 +7213,11 @@ func (m *Error) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Message = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Message = stringValue
 			iNdEx = postIndex
 		case 3:
 			if wireType != 0 {
@@ -7114,7 +7268,11 @@ func (m *Error) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Channel = string(dAtA[iNdEx:postIndex])
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.Channel = stringValue
 			iNdEx = postIndex
 		case 5:
 			if wireType != 0 {
