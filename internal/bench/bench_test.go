@@ -136,7 +136,7 @@ func TestTable(t *testing.T) {
 	for _, want := range []string{"server RSS KiB/conn", "100.0", "56.0", "1.79x (+44.0)", "<= +30 KiB: MISSED"} {
 		require.Contains(t, out, want)
 	}
-	require.Equal(t, 7, strings.Count(out, "\n")) // the header and six figures
+	require.Equal(t, 8, strings.Count(out, "\n")) // the header and seven figures
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -92,6 +92,7 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 		RSSPerConnKiB:         float64(s2.rss-s0.rss) / 1024 / n,
 		RSSReleasedPerConnKiB: float64(s3.rss-s0.rss) / 1024 / n,
 		HeapPerConnKiB:        (float64(h1.HeapBytes) - float64(h0.HeapBytes)) / 1024 / n,
+		HeapSpansPerConnKiB:   (float64(h1.HeapSpanBytes) - float64(h0.HeapSpanBytes)) / 1024 / n,
 		StackPerConnKiB:       (float64(h1.StackBytes) - float64(h0.StackBytes)) / 1024 / n,
 		GoroutinesPerConn:     float64(h1.Goroutines-h0.Goroutines) / n,
 		CPUPerConnectMs:       float64((s1.cpu - s0.cpu).Microseconds()) / 1000 / n,

@@ -91,6 +91,7 @@ func (r *Result) rows() []row {
 		add("server RSS KiB/conn", func(f *Figures) float64 { return f.RSSPerConnKiB }, "%.1f", "rss_per_conn_kib")
 		add("... after GC + release", func(f *Figures) float64 { return f.RSSReleasedPerConnKiB }, "%.1f", "rss_released_per_conn_kib")
 		add("server heap KiB/conn", func(f *Figures) float64 { return f.HeapPerConnKiB }, "%.1f", "heap_per_conn_kib")
+		add("... heap spans in use", func(f *Figures) float64 { return f.HeapSpansPerConnKiB }, "%.1f", "heap_spans_per_conn_kib")
 		add("server stacks KiB/conn", func(f *Figures) float64 { return f.StackPerConnKiB }, "%.1f", "stack_per_conn_kib")
 		add("server goroutines/conn", func(f *Figures) float64 { return f.GoroutinesPerConn }, "%.2f", "goroutines_per_conn")
 		add("server CPU ms/connect", func(f *Figures) float64 { return f.CPUPerConnectMs }, "%.2f", "server_cpu_ms_per_connect")

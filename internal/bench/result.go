@@ -53,8 +53,9 @@ type Figures struct {
 	// RSS once a GC has run and free memory went back to the OS: what the
 	// connections hold, without setup garbage not yet collected or returned.
 	RSSReleasedPerConnKiB float64 `json:"rss_released_per_conn_kib,omitempty"`
-	HeapPerConnKiB        float64 `json:"heap_per_conn_kib,omitempty"`  // live heap after a GC
-	StackPerConnKiB       float64 `json:"stack_per_conn_kib,omitempty"` // goroutine stacks
+	HeapPerConnKiB        float64 `json:"heap_per_conn_kib,omitempty"`       // live heap after a GC
+	HeapSpansPerConnKiB   float64 `json:"heap_spans_per_conn_kib,omitempty"` // heap spans in use: live heap + fragmentation
+	StackPerConnKiB       float64 `json:"stack_per_conn_kib,omitempty"`      // goroutine stacks
 	GoroutinesPerConn     float64 `json:"goroutines_per_conn,omitempty"`
 	CPUPerConnectMs       float64 `json:"server_cpu_ms_per_connect,omitempty"`
 
@@ -128,6 +129,7 @@ func (r *Result) compare() {
 	ratio("rss_per_conn_kib", q.RSSPerConnKiB, w.RSSPerConnKiB)
 	ratio("rss_released_per_conn_kib", q.RSSReleasedPerConnKiB, w.RSSReleasedPerConnKiB)
 	ratio("heap_per_conn_kib", q.HeapPerConnKiB, w.HeapPerConnKiB)
+	ratio("heap_spans_per_conn_kib", q.HeapSpansPerConnKiB, w.HeapSpansPerConnKiB)
 	ratio("stack_per_conn_kib", q.StackPerConnKiB, w.StackPerConnKiB)
 	ratio("goroutines_per_conn", q.GoroutinesPerConn, w.GoroutinesPerConn)
 	ratio("server_cpu_ms_per_connect", q.CPUPerConnectMs, w.CPUPerConnectMs)
@@ -135,6 +137,7 @@ func (r *Result) compare() {
 		r.Overhead["rss_per_conn_kib"] = q.RSSPerConnKiB - w.RSSPerConnKiB
 		r.Overhead["rss_released_per_conn_kib"] = q.RSSReleasedPerConnKiB - w.RSSReleasedPerConnKiB
 		r.Overhead["heap_per_conn_kib"] = q.HeapPerConnKiB - w.HeapPerConnKiB
+		r.Overhead["heap_spans_per_conn_kib"] = q.HeapSpansPerConnKiB - w.HeapSpansPerConnKiB
 		r.Overhead["stack_per_conn_kib"] = q.StackPerConnKiB - w.StackPerConnKiB
 	}
 	if len(r.Overhead) == 0 {

@@ -36,10 +36,13 @@ type readyLine struct {
 
 // statsLine answers the "stats" command.
 type statsLine struct {
-	HeapBytes  uint64 `json:"heap_bytes"` // live heap, right after a GC
-	StackBytes uint64 `json:"stack_bytes"`
-	Goroutines int    `json:"goroutines"`
-	Error      string `json:"error,omitempty"`
+	HeapBytes uint64 `json:"heap_bytes"` // live heap, right after a GC
+	// HeapSpanBytes are the heap's spans in use: the live heap and the free
+	// room between live objects that the runtime cannot give back.
+	HeapSpanBytes uint64 `json:"heap_span_bytes"`
+	StackBytes    uint64 `json:"stack_bytes"`
+	Goroutines    int    `json:"goroutines"`
+	Error         string `json:"error,omitempty"`
 }
 
 // Serve runs a server of kind on a random 127.0.0.1 UDP port, for the
@@ -150,7 +153,7 @@ func control(ctx context.Context, in io.Reader, enc *json.Encoder) error {
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			reply.HeapBytes, reply.StackBytes, reply.Goroutines = ms.HeapAlloc, ms.StackInuse, runtime.NumGoroutine()
+			reply.HeapBytes, reply.HeapSpanBytes, reply.StackBytes, reply.Goroutines = ms.HeapAlloc, ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
 		case cmd == "profile" && profile == nil:
 			f, err := os.Create(arg)
 			if err == nil {
