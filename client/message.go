@@ -1,14 +1,16 @@
 package client
 
 import (
-	"bytes"
-	"strings"
 	"time"
+	"unsafe"
 
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
 
-// Message is one message handed to a Handler.
+// Message is one message handed to a Handler. It is the application's to
+// keep: nothing in the SDK changes it later. Its Data may share memory with
+// other small messages of the channel (never overlapping; appending to it
+// copies), so keeping one small message keeps up to 4 KiB alive.
 type Message struct {
 	Channel string
 	Epoch   uint64
@@ -67,17 +69,51 @@ type Handler func(Message) error
 
 // messageFrom makes the Message of a push on channel. It copies what it
 // keeps, as a live push aliases the reader's buffer (stream.DecodePush):
-// the data, and From and ID in one allocation.
-func messageFrom(channel string, p *pb.Push, repaired bool) Message {
-	var ids strings.Builder
-	ids.Grow(len(p.From) + len(p.Id))
-	ids.WriteString(p.From)
-	ids.WriteString(p.Id)
-	fromID := ids.String()
+// the data, From and ID, into one piece of memory from c (nil: a new one).
+func messageFrom(channel string, p *pb.Push, repaired bool, c *copier) Message {
+	buf := c.take(len(p.Data) + len(p.From) + len(p.Id))
+	d := copy(buf, p.Data)
+	f := d + copy(buf[d:], p.From)
+	copy(buf[f:], p.Id)
 	return Message{
 		Channel: channel, Epoch: p.Epoch, Seq: p.Seq,
 		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
-		Data: bytes.Clone(p.Data), Time: time.Unix(0, p.TimeUnixNs), From: fromID[:len(p.From)], ID: fromID[len(p.From):],
+		Data: buf[:d:d], Time: time.Unix(0, p.TimeUnixNs), From: frozenString(buf[d:f]), ID: frozenString(buf[f:]),
 		Repaired: repaired, Critical: p.Critical,
 	}
+}
+
+// copier hands out memory for the messages of one channel. Small ones are
+// carved from shared chunks, so a steady stream of pushes costs one
+// allocation per chunk instead of two per message (an eighth of the SDK's
+// CPU per delivery went to those). Pieces never overlap, and a Data slice
+// ends at its own capacity; a message the application keeps keeps its
+// chunk (copyChunk bytes) alive. Not safe for concurrent use: a channel's
+// is guarded by the channel's lock.
+type copier struct{ free []byte }
+
+const (
+	copyChunk = 4 << 10
+	copyMax   = copyChunk / 16 // larger messages get memory of their own
+)
+
+func (c *copier) take(n int) []byte {
+	if c == nil || n > copyMax {
+		return make([]byte, n)
+	}
+	if len(c.free) < n {
+		c.free = make([]byte, copyChunk)
+	}
+	b := c.free[:n:n]
+	c.free = c.free[n:]
+	return b
+}
+
+// frozenString is b as a string without a copy. Only for bytes nothing
+// will write again: messageFrom's, past the end of the Data it hands out.
+func frozenString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }
