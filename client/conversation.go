@@ -108,11 +108,12 @@ func (s *Session) request(ctx context.Context, afterAcks bool, frame func(reqID 
 	p.frame = frame(reqID)
 	s.pubs[reqID] = p
 	if s.send != nil {
-		frames := []*pb.Frame{p.frame}
+		// On failure the connection ends and resume resends it (behind the acks).
 		if afterAcks {
-			frames = append(s.ackFrames(), p.frame)
+			s.sendAcks(p.frame)
+		} else {
+			s.send.SendFrames(p.frame)
 		}
-		s.send.SendFrames(frames...) // on failure the connection ends and resume resends it
 	}
 	s.mu.Unlock()
 	select {

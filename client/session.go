@@ -102,6 +102,7 @@ func (s *Session) resume(conn *connection) {
 		conn.close(stream.NoError, "")
 		return
 	}
+	clear(s.acks)
 	r := stream.NewReader(bufio.NewReader(st), 0)
 	done := make(chan struct{})
 	s.readDone = done
@@ -458,17 +459,29 @@ func (s *Session) flushAcks() {
 		s.ackTimer = time.AfterFunc(wait, s.flushAcks) // still busy
 		return
 	}
-	s.send.SendFrames(s.ackFrames()...)
+	s.sendAcks()
 }
 
-// ackFrames takes the pending acks as frames; s.mu held.
+// ackFrames returns the pending acks as frames; s.mu held. They stay
+// pending until a write that carries them is taken (sendAcks).
 func (s *Session) ackFrames() []*pb.Frame {
 	frames := make([]*pb.Frame, 0, len(s.acks))
 	for ch, pos := range s.acks {
 		frames = append(frames, &pb.Frame{Body: &pb.Frame_Ack{Ack: &pb.Ack{Channel: ch, Epoch: pos.Epoch, Seq: pos.Seq}}})
 	}
-	clear(s.acks)
 	return frames
+}
+
+// sendAcks sends the pending acks, then more, in one write; s.mu held and
+// s.send set. A stream that takes nothing (ended by finish while handlers
+// run on, or broken) leaves them pending: resume sends them on the next
+// connection.
+func (s *Session) sendAcks(more ...*pb.Frame) error {
+	err := s.send.SendFrames(append(s.ackFrames(), more...)...)
+	if err == nil {
+		clear(s.acks)
+	}
+	return err
 }
 
 // PublishOptions qualify a publish.
@@ -599,7 +612,7 @@ func (s *Session) finish(conn *connection) <-chan struct{} {
 		s.ackTimer.Stop()
 		s.ackTimer = nil
 	}
-	s.send.SendFrames(s.ackFrames()...)
+	s.sendAcks()
 	s.send.Close()
 	return s.readDone
 }
