@@ -4274,7 +4274,7 @@ var Session = class {
       }
       frames.push(p.frame);
     }
-    this.send.send(...frames);
+    if (this.send.send(...frames)) this.acks.clear();
     this.readDone = this.read(conn, new FrameReader(st.readable));
   }
   detach(conn) {
@@ -4456,15 +4456,19 @@ var Session = class {
         return;
       }
     }
-    this.send.send(...this.ackFrames());
+    this.sendAcks();
   }
+  /** ackFrames returns the pending acks as frames; they stay pending until a send takes them (sendAcks). */
   ackFrames() {
     const frames = [];
     for (const [channel, pos] of this.acks) {
       frames.push(frame("ack", { channel, epoch: BigInt(pos.epoch), seq: BigInt(pos.seq) }));
     }
-    this.acks.clear();
     return frames;
+  }
+  /** sendAcks sends the pending acks; a stream that takes nothing (ended by finish, or failed) leaves them for resume. */
+  sendAcks() {
+    if (this.send.send(...this.ackFrames())) this.acks.clear();
   }
   /**
    * publish sends data (a string or bytes) to channel. Reliable (the
@@ -4536,7 +4540,7 @@ var Session = class {
       clearTimeout(this.ackTimer);
       this.ackTimer = null;
     }
-    this.send.send(...this.ackFrames());
+    this.sendAcks();
     this.send.close();
     return this.readDone;
   }

@@ -84,7 +84,7 @@ export class Session {
       }
       frames.push(p.frame);
     }
-    this.send.send(...frames);
+    if (this.send.send(...frames)) this.acks.clear();
     this.readDone = this.read(conn, new FrameReader(st.readable));
   }
 
@@ -278,16 +278,21 @@ export class Session {
         return;
       }
     }
-    this.send.send(...this.ackFrames());
+    this.sendAcks();
   }
 
+  /** ackFrames returns the pending acks as frames; they stay pending until a send takes them (sendAcks). */
   ackFrames() {
     const frames = [];
     for (const [channel, pos] of this.acks) {
       frames.push(frame("ack", { channel, epoch: BigInt(pos.epoch), seq: BigInt(pos.seq) }));
     }
-    this.acks.clear();
     return frames;
+  }
+
+  /** sendAcks sends the pending acks; a stream that takes nothing (ended by finish, or failed) leaves them for resume. */
+  sendAcks() {
+    if (this.send.send(...this.ackFrames())) this.acks.clear();
   }
 
   /**
@@ -365,7 +370,7 @@ export class Session {
       clearTimeout(this.ackTimer);
       this.ackTimer = null;
     }
-    this.send.send(...this.ackFrames());
+    this.sendAcks();
     this.send.close();
     return this.readDone;
   }
