@@ -148,6 +148,16 @@ func newHead(name string, m meta) *head {
 		first: m.first, last: m.last, nextFirst: m.first, next: m.last}
 }
 
+// badgerOptions are the Badger options of a store in dir with o (filled).
+func badgerOptions(dir string, o Options) badger.Options {
+	bo := badger.DefaultOptions(dir).WithSyncWrites(true).
+		WithLogger(badgerLogger{o.Logger.With("component", "badger")})
+	if o.InMemory {
+		bo = bo.WithDir("").WithValueDir("").WithInMemory(true)
+	}
+	return bo
+}
+
 // Open opens (or creates) the store in dir and starts its writer,
 // retention and value-log GC goroutines; Close stops them.
 func Open(dir string, opts Options) (*DB, error) {
@@ -156,12 +166,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		return nil, err
 	}
 	log := o.Logger.With("component", "store")
-	bo := badger.DefaultOptions(dir).WithSyncWrites(true).
-		WithLogger(badgerLogger{o.Logger.With("component", "badger")})
-	if o.InMemory {
-		bo = bo.WithDir("").WithValueDir("").WithInMemory(true)
-	}
-	bdb, err := badger.Open(bo)
+	bdb, err := badger.Open(badgerOptions(dir, o))
 	if err != nil {
 		return nil, translate(err)
 	}
