@@ -1,8 +1,13 @@
 package store
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,5 +93,62 @@ func TestBaselineWritesAppendsRecords(t *testing.T) {
 		} else {
 			require.InDelta(t, w.expiresAt, g.expiresAt, 5, "TTL of %q", k)
 		}
+	}
+}
+
+// TestBaselineConcurrent: concurrent calls are group-committed, every
+// message lands once with its channel's next seq, and a closed Baseline
+// refuses calls.
+func TestBaselineConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	bl, err := OpenBaseline(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	const callers, calls, per = 8, 20, 5
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for k := range calls {
+				reqs := make([]AppendRequest, per)
+				for j := range reqs {
+					reqs[j] = AppendRequest{Channel: "c" + strconv.Itoa(g%2), From: "u",
+						ID: fmt.Sprint(g, "-", k, "-", j), Data: []byte("x")}
+				}
+				if err := bl.Append(reqs); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, bl.Close())
+	require.ErrorIs(t, bl.Append([]AppendRequest{{Channel: "c0"}}), ErrClosed)
+	require.NoError(t, bl.Close())
+
+	recs := dump(t, dir)
+	seqs := map[uint64][]uint64{}
+	metas := map[uint64]meta{}
+	idem := 0
+	for k, r := range recs {
+		switch k[0] {
+		case prefixMessage:
+			id := binary.BigEndian.Uint64([]byte(k[1:9]))
+			seqs[id] = append(seqs[id], msgKeySeq([]byte(k)))
+		case prefixIdem:
+			idem++
+		case prefixMeta:
+			m, err := decodeMeta(r.value)
+			require.NoError(t, err)
+			metas[m.id] = m
+		}
+	}
+	require.Equal(t, callers*calls*per, idem)
+	require.Len(t, seqs, 2)
+	for id, s := range seqs {
+		slices.Sort(s)
+		for i, seq := range s {
+			require.EqualValues(t, i+1, seq, "channel %d", id)
+		}
+		require.EqualValues(t, len(s), metas[id].last, "channel %d", id)
 	}
 }

@@ -100,6 +100,7 @@ func (r *Result) rows() []row {
 		add("CPU cores appending", func(f *Figures) float64 { return f.CPUCores }, "%.2f", "")
 		add("other processes cores", func(f *Figures) float64 { return f.OtherCPUCores }, "%.2f", "")
 		add("range reads msgs/s", func(f *Figures) float64 { return f.RangePerSec }, "%.0f", "")
+		rows[len(rows)-1].raw = "" // the raw baseline is not read
 	case Repair:
 		add("caught up after s", func(f *Figures) float64 { return f.CaughtUpSeconds }, "%.2f", "")
 		add("repaired msgs/s", func(f *Figures) float64 { return f.RepairPerSec }, "%.0f", "")

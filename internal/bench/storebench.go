@@ -22,8 +22,9 @@ const storeChannels = 16
 // storeBench measures durable appends (Badger, fsynced) from Publishers
 // goroutines, Batch messages per call with an idempotency key each, as the
 // server's publish loops do, into each kind of store: quicpush's (group
-// commit, store.DB) and raw Badger (store.Baseline: the same records, one
-// transaction per call, merged by Badger itself). Both are opened and
+// commit, store.DB) and raw Badger (store.Baseline: the same records, and
+// only the group commit that Badger needs to write them at this rate: it
+// fsyncs each transaction). Both are opened and
 // warmed up first, then measured in turn, in slices (sliceOrder), while the
 // other stays idle. Then quicpush's channels are read back in pages of
 // 1000, as repairs do.
