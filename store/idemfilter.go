@@ -30,8 +30,9 @@ const (
 // writer goroutine. Expiry uses time.Now, as Badger's TTL does.
 type idemFilter struct {
 	ttl     time.Duration
-	gens    []*idemGen // oldest first; the last one takes the new keys
-	known   bool       // gens hold the keys stored before Open: the scan is done
+	hash    func(ik []byte) uint64 // of an idempotency key
+	gens    []*idemGen             // oldest first; the last one takes the new keys
+	known   bool                   // gens hold the keys stored before Open: the scan is done
 	scanned chan *idemGen
 }
 
@@ -43,8 +44,13 @@ type idemGen struct {
 	sizeByte int
 }
 
-func newIdemFilter(ttl time.Duration) *idemFilter {
-	return &idemFilter{ttl: ttl, scanned: make(chan *idemGen, 1)}
+// newIdemFilter returns a filter of keys that expire after ttl; hash nil
+// means z.MemHash.
+func newIdemFilter(ttl time.Duration, hash func([]byte) uint64) *idemFilter {
+	if hash == nil {
+		hash = z.MemHash
+	}
+	return &idemFilter{ttl: ttl, hash: hash, scanned: make(chan *idemGen, 1)}
 }
 
 func newIdemGen(keys int) *idemGen {
@@ -115,9 +121,6 @@ func (f *idemFilter) size() int {
 	return n
 }
 
-// idemHash is the filter's hash of an idempotency key.
-func idemHash(ik []byte) uint64 { return z.MemHash(ik) }
-
 // scanIdem fills the filter of the idempotency keys stored before Open and
 // hands it to the writer: a first pass counts them, to size it.
 func (db *DB) scanIdem() {
@@ -130,7 +133,7 @@ func (db *DB) scanIdem() {
 		}
 		g = newIdemGen(keys)
 		err = db.eachIdemKey(txn, func(item *badger.Item) {
-			g.bloom.Add(idemHash(item.Key()))
+			g.bloom.Add(db.idem.hash(item.Key()))
 			g.n++
 			exp := item.ExpiresAt()
 			if exp == 0 { // no TTL: kept for as long as the filter

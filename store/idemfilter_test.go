@@ -16,7 +16,7 @@ import (
 func TestIdemFilter(t *testing.T) {
 	const ttl = time.Hour
 	now := time.Unix(1_000_000, 0)
-	f := newIdemFilter(ttl)
+	f := newIdemFilter(ttl, nil)
 	exp := func() uint64 { return uint64(now.Add(ttl).Unix()) }
 	f.add(1, now, exp())
 	require.True(t, f.mayHold(2), "scan not in")

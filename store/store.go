@@ -54,6 +54,10 @@ type Options struct {
 	// Now is the clock for message times and retention by age (nil:
 	// time.Now); tests set it to age messages without waiting.
 	Now func() time.Time
+
+	// idemHash hashes idempotency keys (nil: z.MemHash); tests make every
+	// key collide with it.
+	idemHash func([]byte) uint64
 }
 
 // fillOptions returns o with its defaults filled in, or an error wrapping
@@ -131,16 +135,17 @@ type DB struct {
 	closeErr  error
 }
 
-// head is a channel's position, cached from its meta. name, id and epoch
-// never change. first and last are what is committed, guarded by DB.mu.
-// nextFirst, next and batch belong to the writer goroutine: what the batch
-// being built will commit.
+// head is a channel's position, cached from its meta. name, id, epoch and
+// born never change. first and last are what is committed, guarded by
+// DB.mu. nextFirst, next and batch belong to the writer goroutine: what the
+// batch being built will commit.
 type head struct {
 	name            string
 	id, epoch       uint64
 	first, last     uint64
 	nextFirst, next uint64
-	batch           uint64
+	batch           uint64 // the last batch that touched it
+	born            uint64 // the batch that created the channel; 0: before
 }
 
 func newHead(name string, m meta) *head {
@@ -187,7 +192,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		queue:  make(chan *appendOp, 1024),
 		trims:  make(chan *trim, retentionPage),
 		commit: (*badger.Txn).CommitWith,
-		idem:   newIdemFilter(o.IdempotencyTTL),
+		idem:   newIdemFilter(o.IdempotencyTTL, o.idemHash),
 	}
 	if err := bdb.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(lastIDKey)
