@@ -72,10 +72,12 @@ type trim struct {
 
 // writerState belongs to the writer goroutine.
 type writerState struct {
-	lastID    uint64 // last channel id assigned
-	savedID   uint64 // last channel id committed
-	batch     uint64 // batches built, to mark the heads a batch touches
-	lastSize  int    // requests in the last batch submitted
+	lastID  uint64 // last channel id assigned
+	savedID uint64 // last channel id committed
+	batch   uint64 // batches built, to mark the heads a batch touches
+	// sizes are the requests of the last two batches submitted: callers
+	// often split into two groups, one committing while the other waits.
+	sizes     [2]int
 	committed *batch // the batch committing, nil if none
 	building  *batch // the next one
 	backlog   []*appendOp
@@ -281,9 +283,10 @@ func (db *DB) newBatch(prev *batch) *batch {
 		txn:     db.bdb.NewTransaction(true),
 		prev:    prev,
 		created: make(map[string]*head),
-		// Sized like the last batch, so that they rarely grow.
-		seen:   make(map[uint64]int32, w.lastSize),
-		msgs:   make([]Message, 0, w.lastSize),
+		// Sized like the larger of the last two batches, so that they
+		// rarely grow.
+		seen:   make(map[uint64]int32, max(w.sizes[0], w.sizes[1])),
+		msgs:   make([]Message, 0, max(w.sizes[0], w.sizes[1])),
 		landed: make(chan struct{}),
 	}
 }
@@ -337,7 +340,7 @@ func (db *DB) submit() {
 		return
 	}
 	w.trims = pending
-	w.lastSize = b.n
+	w.sizes = [2]int{w.sizes[1], b.n}
 	b.lastID = w.lastID
 	b.prev = nil // built: let the batch before it go (else each holds the last, while busy)
 	next := db.newBatch(b)
