@@ -58,7 +58,9 @@ type Figures struct {
 	// store
 	Appended     int64   `json:"appended,omitempty"`
 	AppendPerSec float64 `json:"append_per_s,omitempty"`
-	// CPU time of the appending process per message (CPUCores: per second)
+	// CPU time of the appending process per message (CPUCores: per
+	// second), counted from the start of each slice to the end of the
+	// pause after it, so that the store's background work is in.
 	CPUPerAppendUs float64 `json:"cpu_us_per_append,omitempty"`
 	Read           int64   `json:"read,omitempty"`
 	RangePerSec    float64 `json:"range_per_s,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,10 @@ import (
 // storeChannels is how many channels the store scenario appends to.
 const storeChannels = 16
 
+// storeSettle is the longest pause after a store's warm-up or slice, for
+// its background work to end (a flush of a full memtable takes ~0.3 s).
+const storeSettle = time.Second
+
 // storeBench measures durable appends (Badger, fsynced) from Publishers
 // goroutines, Batch messages per call with an idempotency key each, as the
 // server's publish loops do, into each kind of store: quicpush's (group
@@ -30,9 +35,13 @@ const storeChannels = 16
 // 1000, as repairs do.
 //
 // It all runs in this process (the store has no network part), so the CPU
-// figures are the process's: background work of one store that outlasts
-// its slice (a memtable flush, a compaction) is counted in the next slice,
-// which the ABBA order shares between the two alike.
+// figures are the process's. So that they are each store's own, every
+// warm-up and slice is followed by a pause (storeSettle) whose CPU goes to
+// the store that just ran: its memtable flushes and compactions, which
+// outlast the load, and not the next one's. The warm-ups run in reverse
+// order, so that what the pauses miss weighs on both alike: each side's
+// slices follow the other's once. Goroutines carry the pprof label
+// store=KIND, Badger's too (they are started under it).
 func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, error) {
 	st := startStatus(cfg, strings.Join(kinds, "+"))
 	defer st.end()
@@ -49,21 +58,26 @@ func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, e
 		if sides[i], err = openStoreSide(cfg, kind); err != nil {
 			return nil, err
 		}
-		if cfg.Warmup > 0 {
-			st.set(func() string { return kind + ": warming up" })
-			if _, err := sides[i].run(ctx, cfg, time.Now().Add(cfg.Warmup), false); err != nil {
-				return nil, fmt.Errorf("%s: warming up: %w", kind, err)
-			}
-		}
 	}
 	order := []int{0}
 	if len(kinds) > 1 {
 		order = sliceOrder
 	}
 	slice := cfg.Duration * time.Duration(len(kinds)) / time.Duration(len(order))
+	settle := min(storeSettle, slice/4)
+	for i := len(sides) - 1; i >= 0 && cfg.Warmup > 0; i-- {
+		s := sides[i]
+		st.set(func() string { return s.kind + ": warming up" })
+		if _, err := s.run(ctx, cfg, time.Now().Add(cfg.Warmup), false); err != nil {
+			return nil, fmt.Errorf("%s: warming up: %w", s.kind, err)
+		}
+		if err := sleep(ctx, settle); err != nil {
+			return nil, err
+		}
+	}
 	for n, i := range order {
 		first := n == slices.Index(order, i)
-		if err := sides[i].measure(ctx, cfg, st, slice, first); err != nil {
+		if err := sides[i].measure(ctx, cfg, st, slice, settle, first); err != nil {
 			return nil, fmt.Errorf("%s: %w", sides[i].kind, err)
 		}
 	}
@@ -88,7 +102,8 @@ type storeSide struct {
 	live    atomic.Int64 // messages appended, warm-up included
 
 	appended int64
-	wall     time.Duration
+	wall     time.Duration // appending
+	span     time.Duration // appending and settling, over which cpu and other are counted
 	cpu      time.Duration
 	other    float64 // CPU seconds of other processes
 }
@@ -104,11 +119,13 @@ func openStoreSide(cfg *Config, kind string) (*storeSide, error) {
 		s.left.Store(int64(cfg.Messages))
 	}
 	opts := store.Options{MaxMessages: -1, MaxAge: -1, Logger: cfg.Logger}
-	if kind == KindRaw {
-		s.raw, err = store.OpenBaseline(dir, opts)
-	} else {
-		s.db, err = store.Open(dir, opts)
-	}
+	pprof.Do(context.Background(), pprof.Labels("store", kind), func(context.Context) {
+		if kind == KindRaw {
+			s.raw, err = store.OpenBaseline(dir, opts)
+		} else {
+			s.db, err = store.Open(dir, opts)
+		}
+	})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -136,6 +153,7 @@ func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, claim
 	data := make([]byte, cfg.Size)
 	for g := range cfg.Publishers {
 		wg.Go(func() {
+			pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels("store", s.kind)))
 			channel := "room/store-" + strconv.Itoa(g%storeChannels)
 			reqs := make([]store.AppendRequest, cfg.Batch)
 			for time.Now().Before(until) && ctx.Err() == nil {
@@ -172,9 +190,9 @@ func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, claim
 	return s.live.Load() - before, context.Cause(ctx)
 }
 
-// measure appends for d (or the rest of Messages), adding it all up. The
-// first slice of a side is profiled.
-func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time.Duration, profile bool) error {
+// measure appends for d (or the rest of Messages), then waits for settle,
+// adding it all up. The first slice of a side is profiled.
+func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d, settle time.Duration, profile bool) error {
 	if s.left.Load() <= 0 {
 		return nil
 	}
@@ -195,22 +213,27 @@ func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time
 		return fmt.Sprintf("%s: appending: %.0fs, %d (%.0f/s)", s.kind, d.Seconds(), n, perSec(n, d))
 	})
 	n, err := s.run(ctx, cfg, s0.at.Add(d), true)
+	end := time.Now()
+	if err == nil {
+		st.set(func() string { return s.kind + ": settling" })
+		err = sleep(ctx, settle)
+	}
 	s1, serr := sampleSelf()
 	if err := errors.Join(err, serr, stopProfile()); err != nil {
 		return fmt.Errorf("appending: %w", err)
 	}
-	wall := s1.at.Sub(s0.at)
+	span := s1.at.Sub(s0.at)
 	s.appended += n
-	s.wall += wall
+	s.wall += end.Sub(s0.at)
+	s.span += span
 	s.cpu += s1.load - s0.load
-	s.other += coresBetween(s0, s1).other * wall.Seconds()
+	s.other += coresBetween(s0, s1).other * span.Seconds()
 	return nil
 }
 
 func (s *storeSide) figures() Figures {
-	secs := s.wall.Seconds()
 	f := Figures{Appended: s.appended, AppendPerSec: perSec(s.appended, s.wall)}
-	if secs > 0 {
+	if secs := s.span.Seconds(); secs > 0 {
 		f.CPUCores, f.OtherCPUCores = s.cpu.Seconds()/secs, s.other/secs
 	}
 	if s.appended > 0 {
