@@ -20,6 +20,10 @@ import (
 // storeChannels is how many channels the store scenario appends to.
 const storeChannels = 16
 
+// storeSliceCap bounds a slice that appends as many messages as the first
+// did, in slices.
+const storeSliceCap = 4
+
 // storeSettle is the longest pause after a store's warm-up or slice, for
 // its background work to end (a flush of a full memtable takes ~0.3 s).
 const storeSettle = time.Second
@@ -29,9 +33,9 @@ const storeSettle = time.Second
 // server's publish loops do, into each kind of store: quicpush's (group
 // commit, store.DB) and raw Badger (store.Baseline: the same records, and
 // only the group commit that Badger needs to write them at this rate: it
-// fsyncs each transaction). Both are opened and
-// warmed up first, then measured in turn, in slices (sliceOrder), while the
-// other stays idle. Then quicpush's channels are read back in pages of
+// fsyncs each transaction). Both are opened and warmed up first, then
+// measured in turn, in slices (sliceOrder) of as many messages each, while
+// the other stays idle. Then quicpush's channels are read back in pages of
 // 1000, as repairs do.
 //
 // It all runs in this process (the store has no network part), so the CPU
@@ -68,17 +72,33 @@ func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, e
 	for i := len(sides) - 1; i >= 0 && cfg.Warmup > 0; i-- {
 		s := sides[i]
 		st.set(func() string { return s.kind + ": warming up" })
-		if _, err := s.run(ctx, cfg, time.Now().Add(cfg.Warmup), false); err != nil {
+		if _, err := s.run(ctx, cfg, time.Now().Add(cfg.Warmup), 0); err != nil {
 			return nil, fmt.Errorf("%s: warming up: %w", s.kind, err)
 		}
 		if err := sleep(ctx, settle); err != nil {
 			return nil, err
 		}
 	}
+	// Every slice appends as many messages, so that both stores hold as
+	// much at each turn (their compactions cost more as they grow): the
+	// first slice runs for its time, the others until they appended as
+	// many as it did (Messages: their share of it, within their time).
+	var quota int64
+	if cfg.Messages > 0 {
+		perSide := int64(len(order) / len(kinds))
+		quota = (int64(cfg.Messages) + perSide - 1) / perSide
+	}
 	for n, i := range order {
-		first := n == slices.Index(order, i)
-		if err := sides[i].measure(ctx, cfg, st, slice, settle, first); err != nil {
+		d := slice
+		if n > 0 && cfg.Messages == 0 {
+			d = storeSliceCap * slice // a bound, should one store be far slower
+		}
+		appended, err := sides[i].measure(ctx, cfg, st, d, quota, settle, n == slices.Index(order, i))
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", sides[i].kind, err)
+		}
+		if quota == 0 {
+			quota = max(appended, 1)
 		}
 	}
 	figs := make([]Figures, len(sides))
@@ -98,7 +118,7 @@ type storeSide struct {
 	raw     *store.Baseline
 	dir     string
 	batches []int        // per appending goroutine: calls made, for unique ids
-	left    atomic.Int64 // messages still to append (Messages)
+	left    int64        // messages still to append (Messages)
 	live    atomic.Int64 // messages appended, warm-up included
 
 	appended int64
@@ -113,10 +133,9 @@ func openStoreSide(cfg *Config, kind string) (*storeSide, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &storeSide{kind: kind, dir: dir, batches: make([]int, cfg.Publishers)}
-	s.left.Store(math.MaxInt64)
+	s := &storeSide{kind: kind, dir: dir, batches: make([]int, cfg.Publishers), left: math.MaxInt64}
 	if cfg.Messages > 0 {
-		s.left.Store(int64(cfg.Messages))
+		s.left = int64(cfg.Messages)
 	}
 	opts := store.Options{MaxMessages: -1, MaxAge: -1, Logger: cfg.Logger}
 	pprof.Do(context.Background(), pprof.Labels("store", kind), func(context.Context) {
@@ -143,9 +162,12 @@ func (s *storeSide) close() {
 	os.RemoveAll(s.dir)
 }
 
-// run appends from Publishers goroutines until until, or while claim is
-// set until Messages were appended, and returns how many it appended.
-func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, claim bool) (int64, error) {
+// run appends from Publishers goroutines until until, or until quota
+// messages were appended if quota is positive, and returns how many it
+// appended.
+func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, quota int64) (int64, error) {
+	var left atomic.Int64
+	left.Store(quota)
 	before := s.live.Load()
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -158,9 +180,9 @@ func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, claim
 			reqs := make([]store.AppendRequest, cfg.Batch)
 			for time.Now().Before(until) && ctx.Err() == nil {
 				n := cfg.Batch
-				if claim {
+				if quota > 0 {
 					// Claim the call's messages; the last one may be short.
-					left := s.left.Add(-int64(n))
+					left := left.Add(-int64(n))
 					if n += int(min(left, 0)); n <= 0 {
 						return
 					}
@@ -190,29 +212,33 @@ func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, claim
 	return s.live.Load() - before, context.Cause(ctx)
 }
 
-// measure appends for d (or the rest of Messages), then waits for settle,
-// adding it all up. The first slice of a side is profiled.
-func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d, settle time.Duration, profile bool) error {
-	if s.left.Load() <= 0 {
-		return nil
+// measure appends for d or quota messages (if positive; within the rest
+// of Messages), then waits for settle, adding it all up, and returns how
+// many it appended. The first slice of a side is profiled.
+func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time.Duration, quota int64, settle time.Duration, profile bool) (int64, error) {
+	if s.left <= 0 {
+		return 0, nil
+	}
+	if quota > 0 {
+		quota = min(quota, s.left)
 	}
 	stopProfile := func() error { return nil }
 	if profile {
 		var err error
 		if stopProfile, err = profiler(cfg, s.kind, nil); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	s0, err := sampleSelf()
 	if err != nil {
-		return errors.Join(err, stopProfile())
+		return 0, errors.Join(err, stopProfile())
 	}
 	before := s.live.Load()
 	st.set(func() string {
 		d, n := time.Since(s0.at), s.live.Load()-before
 		return fmt.Sprintf("%s: appending: %.0fs, %d (%.0f/s)", s.kind, d.Seconds(), n, perSec(n, d))
 	})
-	n, err := s.run(ctx, cfg, s0.at.Add(d), true)
+	n, err := s.run(ctx, cfg, s0.at.Add(d), quota)
 	end := time.Now()
 	if err == nil {
 		st.set(func() string { return s.kind + ": settling" })
@@ -220,15 +246,16 @@ func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d, set
 	}
 	s1, serr := sampleSelf()
 	if err := errors.Join(err, serr, stopProfile()); err != nil {
-		return fmt.Errorf("appending: %w", err)
+		return 0, fmt.Errorf("appending: %w", err)
 	}
 	span := s1.at.Sub(s0.at)
+	s.left -= n
 	s.appended += n
 	s.wall += end.Sub(s0.at)
 	s.span += span
 	s.cpu += s1.load - s0.load
 	s.other += coresBetween(s0, s1).other * span.Seconds()
-	return nil
+	return n, nil
 }
 
 func (s *storeSide) figures() Figures {
