@@ -24,9 +24,16 @@ const storeChannels = 16
 // did, in slices.
 const storeSliceCap = 4
 
-// storeSettle is the longest pause after a store's warm-up or slice, for
-// its background work to end (a flush of a full memtable takes ~0.3 s).
-const storeSettle = time.Second
+// After a store's warm-up or slice, the bench waits until the process is
+// quiet (under a tenth of a core over storeQuietWindows consecutive windows
+// of storeQuietWindow: a compaction may wait a while on the disk),
+// storeSettleMax at most: a store's memtable flushes and compactions
+// outlast its load (an L0 compaction takes seconds).
+const (
+	storeQuietWindow  = 250 * time.Millisecond
+	storeQuietWindows = 3
+	storeSettleMax    = 15 * time.Second
+)
 
 // storeBench measures durable appends (Badger, fsynced) from Publishers
 // goroutines, Batch messages per call with an idempotency key each, as the
@@ -40,12 +47,12 @@ const storeSettle = time.Second
 //
 // It all runs in this process (the store has no network part), so the CPU
 // figures are the process's. So that they are each store's own, every
-// warm-up and slice is followed by a pause (storeSettle) whose CPU goes to
-// the store that just ran: its memtable flushes and compactions, which
-// outlast the load, and not the next one's. The warm-ups run in reverse
-// order, so that what the pauses miss weighs on both alike: each side's
-// slices follow the other's once. Goroutines carry the pprof label
-// store=KIND, Badger's too (they are started under it).
+// warm-up and slice is followed by a pause until the process is quiet
+// (settle), whose CPU goes to the store that just ran: its memtable flushes
+// and compactions, which outlast the load, and not the next one's. The
+// warm-ups run in reverse order, so that what the pauses miss weighs on
+// both alike: each side's slices follow the other's once. Goroutines carry
+// the pprof label store=KIND, Badger's too (they are started under it).
 func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, error) {
 	st := startStatus(cfg, strings.Join(kinds, "+"))
 	defer st.end()
@@ -68,21 +75,31 @@ func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, e
 		order = sliceOrder
 	}
 	slice := cfg.Duration * time.Duration(len(kinds)) / time.Duration(len(order))
-	settle := min(storeSettle, slice/4)
+	// Every warm-up and slice appends as many messages, so that both stores
+	// hold as much at each turn, and flush their memtables and compact in
+	// the same turns (a cost that grows with the store): the first runs for
+	// its time, the others until they appended as many as it did (the
+	// slices with Messages: their share of it, within their time).
+	// A warm-up lasts a slice at least: a store's first memtables are
+	// written to fresh memory, whose page faults would weigh on the first
+	// slice measured.
+	var warm int64
 	for i := len(sides) - 1; i >= 0 && cfg.Warmup > 0; i-- {
 		s := sides[i]
+		d := max(cfg.Warmup, slice)
+		if warm > 0 {
+			d *= storeSliceCap
+		}
 		st.set(func() string { return s.kind + ": warming up" })
-		if _, err := s.run(ctx, cfg, time.Now().Add(cfg.Warmup), 0); err != nil {
+		n, err := s.run(ctx, cfg, time.Now().Add(d), warm)
+		if err != nil {
 			return nil, fmt.Errorf("%s: warming up: %w", s.kind, err)
 		}
-		if err := sleep(ctx, settle); err != nil {
+		warm = max(warm, n, 1)
+		if err := settle(ctx); err != nil {
 			return nil, err
 		}
 	}
-	// Every slice appends as many messages, so that both stores hold as
-	// much at each turn (their compactions cost more as they grow): the
-	// first slice runs for its time, the others until they appended as
-	// many as it did (Messages: their share of it, within their time).
 	var quota int64
 	if cfg.Messages > 0 {
 		perSide := int64(len(order) / len(kinds))
@@ -93,7 +110,7 @@ func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, e
 		if n > 0 && cfg.Messages == 0 {
 			d = storeSliceCap * slice // a bound, should one store be far slower
 		}
-		appended, err := sides[i].measure(ctx, cfg, st, d, quota, settle, n == slices.Index(order, i))
+		appended, err := sides[i].measure(ctx, cfg, st, d, quota, n == slices.Index(order, i))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", sides[i].kind, err)
 		}
@@ -213,9 +230,9 @@ func (s *storeSide) run(ctx context.Context, cfg *Config, until time.Time, quota
 }
 
 // measure appends for d or quota messages (if positive; within the rest
-// of Messages), then waits for settle, adding it all up, and returns how
-// many it appended. The first slice of a side is profiled.
-func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time.Duration, quota int64, settle time.Duration, profile bool) (int64, error) {
+// of Messages), then settles, adding it all up, and returns how many it
+// appended. The first slice of a side is profiled.
+func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time.Duration, quota int64, profile bool) (int64, error) {
 	if s.left <= 0 {
 		return 0, nil
 	}
@@ -242,7 +259,7 @@ func (s *storeSide) measure(ctx context.Context, cfg *Config, st *status, d time
 	end := time.Now()
 	if err == nil {
 		st.set(func() string { return s.kind + ": settling" })
-		err = sleep(ctx, settle)
+		err = settle(ctx)
 	}
 	s1, serr := sampleSelf()
 	if err := errors.Join(err, serr, stopProfile()); err != nil {
@@ -267,6 +284,27 @@ func (s *storeSide) figures() Figures {
 		f.CPUPerAppendUs = float64(s.cpu.Microseconds()) / float64(s.appended)
 	}
 	return f
+}
+
+// settle waits until this process is quiet, storeSettleMax at most.
+func settle(ctx context.Context) error {
+	prev, err := cpuTime(os.Getpid())
+	quiet := 0
+	for until := time.Now().Add(storeSettleMax); err == nil && quiet < storeQuietWindows && time.Now().Before(until); {
+		if err = sleep(ctx, storeQuietWindow); err != nil {
+			break
+		}
+		var cpu time.Duration
+		if cpu, err = cpuTime(os.Getpid()); err != nil {
+			break
+		}
+		quiet++
+		if cpu-prev > storeQuietWindow/10 {
+			quiet = 0
+		}
+		prev = cpu
+	}
+	return err
 }
 
 // readBack reads every channel of db in pages of 1000, for at most
