@@ -12,11 +12,10 @@ import (
 // size, in bytes. Past the total, the last generation takes every new key
 // and answers "maybe" more often: more reads, never a wrong answer.
 const (
-	idemGenMin        = 1 << 14
-	idemGenMax        = 1 << 24
-	idemFilterMax     = 64 << 20
-	idemFalsePositive = 0.01
-	idemGenPeriods    = 8 // generations per TTL
+	idemGenMin     = 1 << 14
+	idemGenMax     = 1 << 24
+	idemFilterMax  = 64 << 20
+	idemGenPeriods = 8 // generations per TTL
 )
 
 // idemFilter spares the writer a Badger read for an idempotency key that
@@ -37,7 +36,7 @@ type idemFilter struct {
 }
 
 type idemGen struct {
-	bloom    *z.Bloom
+	bloom    *blockedBloom
 	n, max   int       // keys added, keys it was sized for
 	start    time.Time // when its first key was added
 	expires  uint64    // the latest ExpiresAt (Unix seconds) of its keys
@@ -55,8 +54,8 @@ func newIdemFilter(ttl time.Duration, hash func([]byte) uint64) *idemFilter {
 
 func newIdemGen(keys int) *idemGen {
 	keys = min(max(keys, idemGenMin), idemGenMax)
-	b := z.NewBloomFilter(float64(keys), idemFalsePositive)
-	return &idemGen{bloom: b, max: keys, sizeByte: b.TotalSize()}
+	b := newBlockedBloom(keys)
+	return &idemGen{bloom: b, max: keys, sizeByte: b.size()}
 }
 
 // mayHold reports whether the key of hash h may be stored.
@@ -73,7 +72,7 @@ func (f *idemFilter) mayHold(h uint64) bool {
 		}
 	}
 	for _, g := range f.gens {
-		if g.bloom.Has(h) {
+		if g.bloom.has(h) {
 			return true
 		}
 	}
@@ -108,7 +107,7 @@ func (f *idemFilter) add(h uint64, now time.Time, expiresAt uint64) {
 		g.start = now
 		f.gens = append(f.gens, g)
 	}
-	g.bloom.Add(h)
+	g.bloom.add(h)
 	g.n++
 	g.expires = max(g.expires, expiresAt)
 }
@@ -133,7 +132,7 @@ func (db *DB) scanIdem() {
 		}
 		g = newIdemGen(keys)
 		err = db.eachIdemKey(txn, func(item *badger.Item) {
-			g.bloom.Add(db.idem.hash(item.Key()))
+			g.bloom.add(db.idem.hash(item.Key()))
 			g.n++
 			exp := item.ExpiresAt()
 			if exp == 0 { // no TTL: kept for as long as the filter

@@ -22,7 +22,7 @@ func TestIdemFilter(t *testing.T) {
 	require.True(t, f.mayHold(2), "scan not in")
 
 	scanned := newIdemGen(2)
-	scanned.bloom.Add(3)
+	scanned.bloom.add(3)
 	scanned.expires = exp() - 1
 	f.scanned <- scanned
 	require.True(t, f.mayHold(1))
