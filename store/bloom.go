@@ -2,11 +2,12 @@ package store
 
 import "math/bits"
 
-// bloomBitsPerKey and bloomProbes size a blockedBloom for about 1% false
-// positives.
+// bloomBitsPerKey and bloomProbes size a blockedBloom for about 0.3%
+// false positives: the idempotency filter asks several generations, whose
+// false positives add up, and each costs a Badger read.
 const (
-	bloomBitsPerKey = 10
-	bloomProbes     = 7
+	bloomBitsPerKey = 14
+	bloomProbes     = 10
 )
 
 // blockedBloom is a Bloom filter whose bits for one key all lie in one
@@ -22,28 +23,30 @@ func newBlockedBloom(keys int) *blockedBloom {
 	return &blockedBloom{blocks: make([][8]uint64, max(1, (keys*bloomBitsPerKey+511)/512))}
 }
 
-// locate returns h's block and the bits of its probes, 9 bits each.
-func (b *blockedBloom) locate(h uint64) (*[8]uint64, uint64) {
+// locate returns h's block, and the first bit and the step of its probes
+// in the block (double hashing).
+func (b *blockedBloom) locate(h uint64) (blk *[8]uint64, bit, step uint64) {
 	i, _ := bits.Mul64(h, uint64(len(b.blocks)))
 	// The block is chosen by h's high bits; the probes take a remix.
-	return &b.blocks[i], h * 0x9e3779b97f4a7c15
+	p := h * 0x9e3779b97f4a7c15
+	return &b.blocks[i], p >> 55, p>>46 | 1
 }
 
 func (b *blockedBloom) add(h uint64) {
-	blk, p := b.locate(h)
+	blk, bit, step := b.locate(h)
 	for range bloomProbes {
-		blk[p&511>>6] |= 1 << (p & 63)
-		p >>= 9
+		blk[bit>>6&7] |= 1 << (bit & 63)
+		bit += step
 	}
 }
 
 func (b *blockedBloom) has(h uint64) bool {
-	blk, p := b.locate(h)
+	blk, bit, step := b.locate(h)
 	for range bloomProbes {
-		if blk[p&511>>6]&(1<<(p&63)) == 0 {
+		if blk[bit>>6&7]&(1<<(bit&63)) == 0 {
 			return false
 		}
-		p >>= 9
+		bit += step
 	}
 	return true
 }

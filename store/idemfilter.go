@@ -20,7 +20,8 @@ const (
 
 // idemFilter spares the writer a Badger read for an idempotency key that
 // cannot be stored, the common case: it says "maybe" for every key stored
-// within the TTL and for about 1% of the others, and only those are read.
+// within the TTL and for about 0.3% of the others per generation, and only
+// those are read.
 //
 // It is a list of Bloom filters (generations) of the keys written since
 // Open, each dropped once all its keys have expired in Badger, plus one of
@@ -101,7 +102,9 @@ func (f *idemFilter) add(h uint64, now time.Time, expiresAt uint64) {
 	if g == nil || (g.n >= g.max || now.Sub(g.start) >= f.ttl/idemGenPeriods) && f.size() < idemFilterMax {
 		next := idemGenMin
 		if g != nil {
-			next = 2 * g.n
+			// Sized for 4 times as many keys as the last held: fewer
+			// generations, whose false positives add up.
+			next = 4 * g.n
 		}
 		g = newIdemGen(next)
 		g.start = now
