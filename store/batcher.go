@@ -72,10 +72,12 @@ type trim struct {
 
 // writerState belongs to the writer goroutine.
 type writerState struct {
-	lastID    uint64 // last channel id assigned
-	savedID   uint64 // last channel id committed
-	batch     uint64 // batches built, to mark the heads a batch touches
-	lastSize  int    // requests in the last batch submitted
+	lastID  uint64 // last channel id assigned
+	savedID uint64 // last channel id committed
+	batch   uint64 // batches built, to mark the heads a batch touches
+	// sizes are the requests of the last two batches submitted: callers
+	// often split into two groups, one committing while the other waits.
+	sizes     [2]int
 	committed *batch // the batch committing, nil if none
 	building  *batch // the next one
 	backlog   []*appendOp
@@ -249,8 +251,12 @@ type batch struct {
 	err       error            // of building (then it is failed, not committed), or of its commit
 	touched   []*head          // heads whose next or nextFirst the batch moved
 	created   map[string]*head // channels whose first message is in the batch
-	seen      map[string]AppendResult
-	msgs      []Message
+	msgs      []Message        // stored, in order
+	// seen indexes msgs with an idempotency key by its hash (idemFilter.hash);
+	// collided is set when two keys in msgs share a hash, and only one is
+	// indexed.
+	seen     map[uint64]int32
+	collided bool
 
 	// Set when the batch is submitted.
 	commits []commitPos // what each head of touched commits to
@@ -277,9 +283,10 @@ func (db *DB) newBatch(prev *batch) *batch {
 		txn:     db.bdb.NewTransaction(true),
 		prev:    prev,
 		created: make(map[string]*head),
-		// Sized like the last batch, so that they rarely grow.
-		seen:   make(map[string]AppendResult, w.lastSize),
-		msgs:   make([]Message, 0, w.lastSize),
+		// Sized like the larger of the last two batches, so that they
+		// rarely grow.
+		seen:   make(map[uint64]int32, max(w.sizes[0], w.sizes[1])),
+		msgs:   make([]Message, 0, max(w.sizes[0], w.sizes[1])),
 		landed: make(chan struct{}),
 	}
 }
@@ -333,7 +340,7 @@ func (db *DB) submit() {
 		return
 	}
 	w.trims = pending
-	w.lastSize = b.n
+	w.sizes = [2]int{w.sizes[1], b.n}
 	b.lastID = w.lastID
 	b.prev = nil // built: let the batch before it go (else each holds the last, while busy)
 	next := db.newBatch(b)
@@ -423,6 +430,7 @@ func (b *batch) head(channel string, create bool) (*head, error) {
 		}
 		b.db.writer.lastID++
 		h = newHead(channel, meta{id: b.db.writer.lastID, epoch: newEpoch(), first: 1})
+		h.born = b.no
 		b.created[channel] = h
 	}
 	if h.batch != b.no {
@@ -434,24 +442,47 @@ func (b *batch) head(channel string, create bool) (*head, error) {
 
 func (b *batch) addAppends(op *appendOp) error {
 	op.res = make([]AppendResult, len(op.reqs))
+	// The call's keys and values share one buffer, and its Badger entries
+	// one slice (never grown: the transaction points into it). The messages
+	// handed to watchers keep their Data in the buffer.
+	size, entries := 0, 0
 	for i := range op.reqs {
 		r := &op.reqs[i]
-		h, err := b.head(r.Channel, true)
-		if err != nil {
-			return err
+		size += msgKeyLen + encodedLen(r)
+		entries++
+		if r.ID != "" {
+			size += idemKeyLen(r.From, r.ID) + 8
+			entries++
 		}
-		var ik, ikRest []byte
+	}
+	buf := make([]byte, 0, size)
+	es := make([]badger.Entry, 0, entries)
+	set := func(e badger.Entry) error {
+		es = append(es, e)
+		return b.txn.SetEntry(&es[len(es)-1])
+	}
+	var h *head
+	for i := range op.reqs {
+		r := &op.reqs[i]
+		if h == nil || h.name != r.Channel {
+			var err error
+			if h, err = b.head(r.Channel, true); err != nil {
+				return err
+			}
+		}
+		var ik []byte
 		var hash uint64
 		if r.ID != "" {
-			// The key and its value share one allocation, as the message's do.
-			ik = appendIdemKey(make([]byte, 0, idemKeyLen(r.From, r.ID)+8), h.id, r.From, r.ID)
-			ik, ikRest = ik[:len(ik):len(ik)], ik[len(ik):]
-			hash = idemHash(ik)
-			res, dup, err := b.idempotent(h, ik, hash)
+			start := len(buf)
+			buf = appendIdemKey(buf, h.id, r.From, r.ID)
+			ik = buf[start:len(buf):len(buf)]
+			hash = b.db.idem.hash(ik)
+			res, dup, err := b.idempotent(h, r, ik, hash)
 			if err != nil {
 				return err
 			}
 			if dup {
+				buf = buf[:start]
 				res.Duplicate = true
 				op.res[i] = res
 				continue
@@ -459,21 +490,26 @@ func (b *batch) addAppends(op *appendOp) error {
 		}
 		h.next++
 		res := AppendResult{Epoch: h.epoch, Seq: h.next}
-		// The key and the value share one allocation; the key is capped so
-		// that no append to it can reach the value.
-		kv := appendMessage(appendMsgKey(make([]byte, 0, msgKeyLen+encodedLen(r)), h.id, res.Seq), b.now, r)
-		val := kv[msgKeyLen:]
-		if err := b.txn.SetEntry(badger.NewEntry(kv[:msgKeyLen:msgKeyLen], val)); err != nil {
-			return err
-		}
 		if ik != nil {
-			e := badger.NewEntry(ik, binary.BigEndian.AppendUint64(ikRest, res.Seq))
-			e.ExpiresAt = b.expiresAt
-			if err := b.txn.SetEntry(e); err != nil {
+			v := len(buf)
+			buf = binary.BigEndian.AppendUint64(buf, res.Seq)
+			if err := set(badger.Entry{Key: ik, Value: buf[v:len(buf):len(buf)], ExpiresAt: b.expiresAt}); err != nil {
 				return err
 			}
 			b.db.idem.add(hash, b.wall, b.expiresAt)
-			b.seen[string(ik)] = res
+			if _, taken := b.seen[hash]; taken {
+				b.collided = true
+			} else {
+				b.seen[hash] = int32(len(b.msgs))
+			}
+		}
+		k := len(buf)
+		buf = appendMsgKey(buf, h.id, res.Seq)
+		v := len(buf)
+		buf = appendMessage(buf, b.now, r)
+		val := buf[v:len(buf):len(buf)]
+		if err := set(badger.Entry{Key: buf[k:v:v], Value: val}); err != nil {
+			return err
 		}
 		b.msgs = append(b.msgs, Message{
 			Channel: r.Channel, Epoch: h.epoch, Seq: res.Seq, Time: b.now,
@@ -484,23 +520,27 @@ func (b *batch) addAppends(op *appendOp) error {
 	return nil
 }
 
-// idempotent returns the result stored under idempotency key ik (of hash
+// idempotent returns the result stored for r's idempotency key ik (of hash
 // hash), if any: earlier in this batch or the previous one, or committed
-// within the TTL. Badger is read only if the idempotency filter says the key
-// may be there.
-func (b *batch) idempotent(h *head, ik []byte, hash uint64) (AppendResult, bool, error) {
-	if res, ok := b.seen[string(ik)]; ok {
+// within the TTL. Nothing is looked up unless the idempotency filter, which
+// holds the keys of both batches too, says the key may be there; Badger is
+// read only for a channel older than both.
+func (b *batch) idempotent(h *head, r *AppendRequest, ik []byte, hash uint64) (AppendResult, bool, error) {
+	if !b.db.idem.mayHold(hash) {
+		return AppendResult{}, false, nil
+	}
+	if res, ok := b.stored(r, hash); ok {
 		return res, true, nil
 	}
 	if b.prev != nil {
-		if res, ok := b.prev.seen[string(ik)]; ok {
+		if res, ok := b.prev.stored(r, hash); ok {
 			return res, true, nil
 		}
-		if b.prev.created[h.name] == h {
+		if h.born == b.prev.no {
 			return AppendResult{}, false, nil // a new channel has no keys
 		}
 	}
-	if b.created[h.name] == h || !b.db.idem.mayHold(hash) {
+	if h.born == b.no {
 		return AppendResult{}, false, nil
 	}
 	item, err := b.txn.Get(ik)
@@ -518,6 +558,23 @@ func (b *batch) idempotent(h *head, ik []byte, hash uint64) (AppendResult, bool,
 		return AppendResult{}, false, err
 	}
 	return AppendResult{Epoch: h.epoch, Seq: seq}, true, nil
+}
+
+// stored returns the result of the message in b with r's idempotency key
+// (of hash hash), if any.
+func (b *batch) stored(r *AppendRequest, hash uint64) (AppendResult, bool) {
+	same := func(m *Message) bool { return m.ID == r.ID && m.From == r.From && m.Channel == r.Channel }
+	if i, ok := b.seen[hash]; ok && same(&b.msgs[i]) {
+		return AppendResult{Epoch: b.msgs[i].Epoch, Seq: b.msgs[i].Seq}, true
+	}
+	if b.collided {
+		for i := range b.msgs {
+			if m := &b.msgs[i]; m.ID != "" && same(m) {
+				return AppendResult{Epoch: m.Epoch, Seq: m.Seq}, true
+			}
+		}
+	}
+	return AppendResult{}, false
 }
 
 // addTrims deletes, within trimBytes, the messages below each trim's first

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -156,4 +157,84 @@ func mustBounds(t *testing.T, db *DB, channel string) Bounds {
 	b, err := db.Bounds(t.Context(), channel)
 	require.NoError(t, err)
 	return b
+}
+
+// TestIdempotencyUnderHashCollisions: with every idempotency key hashing
+// alike (the filter says "maybe" to all, the batch's index holds one), a
+// key is still a duplicate exactly when it was stored: in the same call,
+// in a batch committing meanwhile, or before a restart.
+func TestIdempotencyUnderHashCollisions(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1,
+		idemHash: func([]byte) uint64 { return 42 }}
+	db, err := Open(dir, opts)
+	require.NoError(t, err)
+	ctx := t.Context()
+	seqs := func(res []AppendResult) (out []string) {
+		for _, r := range res {
+			out = append(out, fmt.Sprint(r.Seq, r.Duplicate))
+		}
+		return out
+	}
+	res, err := db.Append(ctx, []AppendRequest{
+		{Channel: "c", From: "u", ID: "a"}, {Channel: "c", From: "u", ID: "b"},
+		{Channel: "c", From: "u", ID: "a"}, {Channel: "c", From: "u", ID: "b"}, {Channel: "d", From: "u", ID: "a"},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"1 false", "2 false", "1 true", "2 true", "1 false"}, seqs(res))
+	res, err = db.Append(ctx, []AppendRequest{
+		{Channel: "c", From: "u", ID: "b"}, {Channel: "c", From: "u", ID: "e"},
+		{Channel: "d", From: "u", ID: "a"}, {Channel: "c", From: "v", ID: "a"}, {Channel: "c", ID: "a"},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"2 true", "3 false", "1 true", "4 false", "5 false"}, seqs(res))
+
+	// Concurrent callers retrying the same keys: batches built while others
+	// commit see the keys of both.
+	const ids, callers = 50, 8
+	got := make([][]AppendResult, callers)
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := range ids {
+				res, err := db.Append(ctx, []AppendRequest{{Channel: "p", From: "u", ID: fmt.Sprint((i + g) % ids)}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got[g] = append(got[g], res[0])
+			}
+		})
+	}
+	wg.Wait()
+	first := map[string]uint64{}
+	stored := map[uint64]bool{}
+	for g := range got {
+		require.Len(t, got[g], ids)
+		for i, r := range got[g] {
+			id := fmt.Sprint((i + g) % ids)
+			if s, ok := first[id]; ok {
+				require.Equal(t, s, r.Seq, "id %s", id)
+			} else {
+				first[id] = r.Seq
+			}
+			if !r.Duplicate {
+				require.False(t, stored[r.Seq], "seq %d stored twice", r.Seq)
+				stored[r.Seq] = true
+			}
+		}
+	}
+	require.Len(t, stored, ids)
+	for s := range uint64(ids) {
+		require.True(t, stored[s+1], "hole at %d", s+1)
+	}
+
+	// After a restart the keys are read from Badger.
+	require.NoError(t, db.Close())
+	db, err = Open(dir, opts)
+	require.NoError(t, err)
+	defer db.Close()
+	res, err = db.Append(ctx, []AppendRequest{{Channel: "c", From: "u", ID: "a"}, {Channel: "c", From: "u", ID: "f"}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"1 true", "6 false"}, seqs(res))
 }

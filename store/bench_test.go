@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -99,4 +100,58 @@ func BenchmarkRange(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkAppendCalls: 64 appenders, 16 100-byte messages per call with an
+// idempotency key each (the bench store scenario), into the store and into
+// store.Baseline (the same records with only a group commit): the ratio of
+// the two is the store's overhead over Badger.
+func BenchmarkAppendCalls(b *testing.B) {
+	const per = 16
+	for _, m := range modes {
+		for _, kind := range []string{"store", "baseline"} {
+			b.Run(kind+"/"+m.name, func(b *testing.B) {
+				var appendFn func([]store.AppendRequest) error
+				if kind == "store" {
+					db := openBench(b, m.inMemory)
+					appendFn = func(reqs []store.AppendRequest) error {
+						_, err := db.Append(b.Context(), reqs)
+						return err
+					}
+				} else {
+					dir := ""
+					if !m.inMemory {
+						dir = b.TempDir()
+					}
+					bl, err := store.OpenBaseline(dir, store.Options{InMemory: m.inMemory, Logger: quiet})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(func() { bl.Close() })
+					appendFn = bl.Append
+				}
+				data := make([]byte, 100)
+				var callers atomic.Uint64
+				b.ReportAllocs()
+				b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					g := callers.Add(1)
+					channel := "room/" + strconv.Itoa(int(g%16))
+					reqs := make([]store.AppendRequest, per)
+					for k := 0; pb.Next(); k++ {
+						for j := range reqs {
+							id := strconv.FormatUint(g, 10) + "-" + strconv.Itoa(k) + "-" + strconv.Itoa(j)
+							reqs[j] = store.AppendRequest{Channel: channel, From: "u", ID: id, Data: data}
+						}
+						if err := appendFn(reqs); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
+	}
 }

@@ -12,16 +12,16 @@ import (
 // size, in bytes. Past the total, the last generation takes every new key
 // and answers "maybe" more often: more reads, never a wrong answer.
 const (
-	idemGenMin        = 1 << 14
-	idemGenMax        = 1 << 24
-	idemFilterMax     = 64 << 20
-	idemFalsePositive = 0.01
-	idemGenPeriods    = 8 // generations per TTL
+	idemGenMin     = 1 << 14
+	idemGenMax     = 1 << 24
+	idemFilterMax  = 64 << 20
+	idemGenPeriods = 8 // generations per TTL
 )
 
 // idemFilter spares the writer a Badger read for an idempotency key that
 // cannot be stored, the common case: it says "maybe" for every key stored
-// within the TTL and for about 1% of the others, and only those are read.
+// within the TTL and for about 0.3% of the others per generation, and only
+// those are read.
 //
 // It is a list of Bloom filters (generations) of the keys written since
 // Open, each dropped once all its keys have expired in Badger, plus one of
@@ -30,27 +30,33 @@ const (
 // writer goroutine. Expiry uses time.Now, as Badger's TTL does.
 type idemFilter struct {
 	ttl     time.Duration
-	gens    []*idemGen // oldest first; the last one takes the new keys
-	known   bool       // gens hold the keys stored before Open: the scan is done
+	hash    func(ik []byte) uint64 // of an idempotency key
+	gens    []*idemGen             // oldest first; the last one takes the new keys
+	known   bool                   // gens hold the keys stored before Open: the scan is done
 	scanned chan *idemGen
 }
 
 type idemGen struct {
-	bloom    *z.Bloom
+	bloom    *blockedBloom
 	n, max   int       // keys added, keys it was sized for
 	start    time.Time // when its first key was added
 	expires  uint64    // the latest ExpiresAt (Unix seconds) of its keys
 	sizeByte int
 }
 
-func newIdemFilter(ttl time.Duration) *idemFilter {
-	return &idemFilter{ttl: ttl, scanned: make(chan *idemGen, 1)}
+// newIdemFilter returns a filter of keys that expire after ttl; hash nil
+// means z.MemHash.
+func newIdemFilter(ttl time.Duration, hash func([]byte) uint64) *idemFilter {
+	if hash == nil {
+		hash = z.MemHash
+	}
+	return &idemFilter{ttl: ttl, hash: hash, scanned: make(chan *idemGen, 1)}
 }
 
 func newIdemGen(keys int) *idemGen {
 	keys = min(max(keys, idemGenMin), idemGenMax)
-	b := z.NewBloomFilter(float64(keys), idemFalsePositive)
-	return &idemGen{bloom: b, max: keys, sizeByte: b.TotalSize()}
+	b := newBlockedBloom(keys)
+	return &idemGen{bloom: b, max: keys, sizeByte: b.size()}
 }
 
 // mayHold reports whether the key of hash h may be stored.
@@ -67,7 +73,7 @@ func (f *idemFilter) mayHold(h uint64) bool {
 		}
 	}
 	for _, g := range f.gens {
-		if g.bloom.Has(h) {
+		if g.bloom.has(h) {
 			return true
 		}
 	}
@@ -96,13 +102,15 @@ func (f *idemFilter) add(h uint64, now time.Time, expiresAt uint64) {
 	if g == nil || (g.n >= g.max || now.Sub(g.start) >= f.ttl/idemGenPeriods) && f.size() < idemFilterMax {
 		next := idemGenMin
 		if g != nil {
-			next = 2 * g.n
+			// Sized for 4 times as many keys as the last held: fewer
+			// generations, whose false positives add up.
+			next = 4 * g.n
 		}
 		g = newIdemGen(next)
 		g.start = now
 		f.gens = append(f.gens, g)
 	}
-	g.bloom.Add(h)
+	g.bloom.add(h)
 	g.n++
 	g.expires = max(g.expires, expiresAt)
 }
@@ -114,9 +122,6 @@ func (f *idemFilter) size() int {
 	}
 	return n
 }
-
-// idemHash is the filter's hash of an idempotency key.
-func idemHash(ik []byte) uint64 { return z.MemHash(ik) }
 
 // scanIdem fills the filter of the idempotency keys stored before Open and
 // hands it to the writer: a first pass counts them, to size it.
@@ -130,7 +135,7 @@ func (db *DB) scanIdem() {
 		}
 		g = newIdemGen(keys)
 		err = db.eachIdemKey(txn, func(item *badger.Item) {
-			g.bloom.Add(idemHash(item.Key()))
+			g.bloom.add(db.idem.hash(item.Key()))
 			g.n++
 			exp := item.ExpiresAt()
 			if exp == 0 { // no TTL: kept for as long as the filter

@@ -16,13 +16,13 @@ import (
 func TestIdemFilter(t *testing.T) {
 	const ttl = time.Hour
 	now := time.Unix(1_000_000, 0)
-	f := newIdemFilter(ttl)
+	f := newIdemFilter(ttl, nil)
 	exp := func() uint64 { return uint64(now.Add(ttl).Unix()) }
 	f.add(1, now, exp())
 	require.True(t, f.mayHold(2), "scan not in")
 
 	scanned := newIdemGen(2)
-	scanned.bloom.Add(3)
+	scanned.bloom.add(3)
 	scanned.expires = exp() - 1
 	f.scanned <- scanned
 	require.True(t, f.mayHold(1))

@@ -79,8 +79,9 @@ type meta struct {
 	id, epoch, first, last uint64
 }
 
-func (m meta) encode() []byte {
-	b := make([]byte, 0, metaLen)
+func (m meta) encode() []byte { return m.appendTo(make([]byte, 0, metaLen)) }
+
+func (m meta) appendTo(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.id)
 	b = binary.BigEndian.AppendUint64(b, m.epoch)
 	b = binary.BigEndian.AppendUint64(b, m.first)

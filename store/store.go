@@ -54,6 +54,10 @@ type Options struct {
 	// Now is the clock for message times and retention by age (nil:
 	// time.Now); tests set it to age messages without waiting.
 	Now func() time.Time
+
+	// idemHash hashes idempotency keys (nil: z.MemHash); tests make every
+	// key collide with it.
+	idemHash func([]byte) uint64
 }
 
 // fillOptions returns o with its defaults filled in, or an error wrapping
@@ -131,21 +135,32 @@ type DB struct {
 	closeErr  error
 }
 
-// head is a channel's position, cached from its meta. name, id and epoch
-// never change. first and last are what is committed, guarded by DB.mu.
-// nextFirst, next and batch belong to the writer goroutine: what the batch
-// being built will commit.
+// head is a channel's position, cached from its meta. name, id, epoch and
+// born never change. first and last are what is committed, guarded by
+// DB.mu. nextFirst, next and batch belong to the writer goroutine: what the
+// batch being built will commit.
 type head struct {
 	name            string
 	id, epoch       uint64
 	first, last     uint64
 	nextFirst, next uint64
-	batch           uint64
+	batch           uint64 // the last batch that touched it
+	born            uint64 // the batch that created the channel; 0: before
 }
 
 func newHead(name string, m meta) *head {
 	return &head{name: name, id: m.id, epoch: m.epoch,
 		first: m.first, last: m.last, nextFirst: m.first, next: m.last}
+}
+
+// badgerOptions are the Badger options of a store in dir with o (filled).
+func badgerOptions(dir string, o Options) badger.Options {
+	bo := badger.DefaultOptions(dir).WithSyncWrites(true).
+		WithLogger(badgerLogger{o.Logger.With("component", "badger")})
+	if o.InMemory {
+		bo = bo.WithDir("").WithValueDir("").WithInMemory(true)
+	}
+	return bo
 }
 
 // Open opens (or creates) the store in dir and starts its writer,
@@ -156,12 +171,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		return nil, err
 	}
 	log := o.Logger.With("component", "store")
-	bo := badger.DefaultOptions(dir).WithSyncWrites(true).
-		WithLogger(badgerLogger{o.Logger.With("component", "badger")})
-	if o.InMemory {
-		bo = bo.WithDir("").WithValueDir("").WithInMemory(true)
-	}
-	bdb, err := badger.Open(bo)
+	bdb, err := badger.Open(badgerOptions(dir, o))
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -182,7 +192,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		queue:  make(chan *appendOp, 1024),
 		trims:  make(chan *trim, retentionPage),
 		commit: (*badger.Txn).CommitWith,
-		idem:   newIdemFilter(o.IdempotencyTTL),
+		idem:   newIdemFilter(o.IdempotencyTTL, o.idemHash),
 	}
 	if err := bdb.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(lastIDKey)

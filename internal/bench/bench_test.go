@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,13 +103,30 @@ func TestIdle(t *testing.T) {
 }
 
 func TestStore(t *testing.T) {
-	res, err := Run(t.Context(), tiny(t, Store))
+	cfg := tiny(t, Store)
+	cfg.ProfileDir = t.TempDir()
+	res, err := Run(t.Context(), cfg)
+	require.NoError(t, err)
+	for name, f := range map[string]*Figures{"quicpush": &res.Quicpush, "raw": res.Raw} {
+		require.NotNil(t, f, name)
+		require.EqualValues(t, 50, f.Appended, name)
+		require.Positive(t, f.AppendPerSec, name)
+		require.GreaterOrEqual(t, f.CPUPerAppendUs, 0.0, name) // CPU time ticks every 10 ms
+	}
+	require.GreaterOrEqual(t, res.Quicpush.Read, int64(50)) // the warm-up's too
+	require.Positive(t, res.Quicpush.RangePerSec)
+	require.Zero(t, res.Raw.Read) // only quicpush's store can be read
+	require.Contains(t, res.Ratio, "append_per_s")
+	require.Len(t, res.Targets, 2)
+	for _, kind := range []string{KindQuicpush, KindRaw} {
+		require.FileExists(t, filepath.Join(cfg.ProfileDir, "store-"+kind+"-load.pprof"))
+	}
+
+	cfg.Baseline, cfg.ProfileDir = false, ""
+	res, err = Run(t.Context(), cfg)
 	require.NoError(t, err)
 	require.Nil(t, res.Raw)
 	require.EqualValues(t, 50, res.Quicpush.Appended)
-	require.Positive(t, res.Quicpush.AppendPerSec)
-	require.EqualValues(t, 50, res.Quicpush.Read)
-	require.Positive(t, res.Quicpush.RangePerSec)
 	require.Len(t, res.Targets, 1)
 }
 

@@ -34,8 +34,9 @@ type Config struct {
 	// flight, a message being in flight until every subscriber has it.
 	Rate   float64
 	Window int // fanout without Rate: 16
-	// Duration is the measuring time of each server (10 s); fanout and
-	// latency split it into slices taken in turn with the baseline's.
+	// Duration is the measuring time of each server (10 s); fanout,
+	// latency and store split it into slices taken in turn with the
+	// baseline's.
 	// Warmup is how long the load runs before it (1 s; negative: none), so
 	// that connections and buffers are settled.
 	Duration time.Duration
@@ -54,11 +55,12 @@ type Config struct {
 	// Backlog is how many messages were published while the repair
 	// scenario's subscribers were away (100000).
 	Backlog int
-	// Baseline also runs the raw quic-go baseline (fanout, latency, idle).
+	// Baseline also runs the raw baseline: quic-go alone (fanout, latency,
+	// idle), or Badger alone, writing the same records (store).
 	Baseline bool
 	// ProfileDir, if set, receives a CPU profile of each server over each
 	// measuring time, SCENARIO-KIND-N.pprof, and of the load clients,
-	// SCENARIO-KIND-N-load.pprof (store: store-load.pprof); and for idle,
+	// SCENARIO-KIND-N-load.pprof (store: store-KIND-load.pprof); and for idle,
 	// each server's heap profile and goroutines.
 	ProfileDir string
 

@@ -20,18 +20,24 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res := Result{Scenario: cfg.Scenario, Size: cfg.Size}
 	switch cfg.Scenario {
-	case Fanout, Latency:
-		res.Subscribers, res.Rate = cfg.Subscribers, cfg.Rate
-		if cfg.Rate == 0 {
-			res.Window = cfg.Window
+	case Fanout, Latency, Store:
+		measure := delivery
+		if cfg.Scenario == Store {
+			measure = storeBench
+			res.Publishers, res.Batch = cfg.Publishers, cfg.Batch
 		} else {
-			res.Publishers = cfg.Publishers
+			res.Subscribers, res.Rate = cfg.Subscribers, cfg.Rate
+			if cfg.Rate == 0 {
+				res.Window = cfg.Window
+			} else {
+				res.Publishers = cfg.Publishers
+			}
 		}
 		kinds := []string{KindQuicpush}
 		if cfg.Baseline {
 			kinds = append(kinds, KindRaw)
 		}
-		figs, err := delivery(ctx, &cfg, kinds...)
+		figs, err := measure(ctx, &cfg, kinds...)
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", cfg.Scenario, err)
 		}
@@ -42,11 +48,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	case Idle:
 		res.Subscribers = cfg.Subscribers
 		if err := runEach(ctx, &cfg, &res, idle, cfg.Baseline); err != nil {
-			return res, err
-		}
-	case Store:
-		res.Publishers, res.Batch = cfg.Publishers, cfg.Batch
-		if err := runEach(ctx, &cfg, &res, storeBench, false); err != nil {
 			return res, err
 		}
 	case Repair:
@@ -133,7 +134,7 @@ func (s *status) end() {
 
 // profiler records CPU profiles over the measuring time when
 // cfg.ProfileDir is set: this process's (the load clients') as
-// SCENARIO-KIND-N-load.pprof, or store-load.pprof for the store scenario,
+// SCENARIO-KIND-N-load.pprof, or store-KIND-load.pprof for the store scenario,
 // and the server child's, if any, as SCENARIO-KIND-N.pprof.
 func profiler(cfg *Config, kind string, srv *serverProc) (stop func() error, err error) {
 	if cfg.ProfileDir == "" {
@@ -141,7 +142,7 @@ func profiler(cfg *Config, kind string, srv *serverProc) (stop func() error, err
 	}
 	name := fmt.Sprintf("%s-%s-%d", cfg.Scenario, kind, cfg.Subscribers)
 	if cfg.Scenario == Store {
-		name = "store"
+		name = "store-" + kind
 	}
 	base := filepath.Join(cfg.ProfileDir, name)
 	if base, err = filepath.Abs(base); err != nil {
