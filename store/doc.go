@@ -24,7 +24,7 @@
 //
 // An idempotency key is looked up in Badger only when a Bloom filter of the
 // keys stored within the TTL says it may be there (idemfilter.go; blocked
-// Bloom filters, bloom.go: one cache line per key); after a reopen, every
+// Bloom filters, github.com/greatroar/blobloom: one cache line per key); after a reopen, every
 // key is read until a background scan has put the keys stored before into
 // the filter. Within the batches being built and committed, keys are found
 // by their hash in the batch's messages.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/ristretto/v2/z"
+	"github.com/greatroar/blobloom"
 )
 
 // Sizing of the idempotency filter's generations, in keys, and its total
@@ -16,6 +17,9 @@ const (
 	idemGenMax     = 1 << 24
 	idemFilterMax  = 64 << 20
 	idemGenPeriods = 8 // generations per TTL
+	// The false positives of the generations add up, and each costs a
+	// Badger read.
+	idemFalsePositive = 0.003
 )
 
 // idemFilter spares the writer a Badger read for an idempotency key that
@@ -37,10 +41,10 @@ type idemFilter struct {
 }
 
 type idemGen struct {
-	bloom    *blockedBloom
-	n, max   int       // keys added, keys it was sized for
-	start    time.Time // when its first key was added
-	expires  uint64    // the latest ExpiresAt (Unix seconds) of its keys
+	bloom    *blobloom.Filter // blocked: a key's bits lie in one cache line
+	n, max   int              // keys added, keys it was sized for
+	start    time.Time        // when its first key was added
+	expires  uint64           // the latest ExpiresAt (Unix seconds) of its keys
 	sizeByte int
 }
 
@@ -55,8 +59,8 @@ func newIdemFilter(ttl time.Duration, hash func([]byte) uint64) *idemFilter {
 
 func newIdemGen(keys int) *idemGen {
 	keys = min(max(keys, idemGenMin), idemGenMax)
-	b := newBlockedBloom(keys)
-	return &idemGen{bloom: b, max: keys, sizeByte: b.size()}
+	b := blobloom.NewOptimized(blobloom.Config{Capacity: uint64(keys), FPRate: idemFalsePositive})
+	return &idemGen{bloom: b, max: keys, sizeByte: int(b.NumBits() / 8)}
 }
 
 // mayHold reports whether the key of hash h may be stored.
@@ -73,7 +77,7 @@ func (f *idemFilter) mayHold(h uint64) bool {
 		}
 	}
 	for _, g := range f.gens {
-		if g.bloom.has(h) {
+		if g.bloom.Has(h) {
 			return true
 		}
 	}
@@ -110,7 +114,7 @@ func (f *idemFilter) add(h uint64, now time.Time, expiresAt uint64) {
 		g.start = now
 		f.gens = append(f.gens, g)
 	}
-	g.bloom.add(h)
+	g.bloom.Add(h)
 	g.n++
 	g.expires = max(g.expires, expiresAt)
 }
@@ -135,7 +139,7 @@ func (db *DB) scanIdem() {
 		}
 		g = newIdemGen(keys)
 		err = db.eachIdemKey(txn, func(item *badger.Item) {
-			g.bloom.add(db.idem.hash(item.Key()))
+			g.bloom.Add(db.idem.hash(item.Key()))
 			g.n++
 			exp := item.ExpiresAt()
 			if exp == 0 { // no TTL: kept for as long as the filter

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/ristretto/v2/z"
 	"github.com/stretchr/testify/require"
 )
 
@@ -22,7 +23,7 @@ func TestIdemFilter(t *testing.T) {
 	require.True(t, f.mayHold(2), "scan not in")
 
 	scanned := newIdemGen(2)
-	scanned.bloom.add(3)
+	scanned.bloom.Add(3)
 	scanned.expires = exp() - 1
 	f.scanned <- scanned
 	require.True(t, f.mayHold(1))
@@ -80,4 +81,22 @@ func TestIdempotencyAfterReopen(t *testing.T) {
 	require.False(t, res[n].Duplicate)
 	require.Equal(t, uint64(n/3+2), res[n].Seq)
 	require.True(t, db.idem.known, "the scan was used")
+}
+
+func BenchmarkIdemFilter(b *testing.B) {
+	f := newIdemFilter(time.Hour, nil)
+	f.known = true
+	now := time.Now()
+	exp := uint64(now.Add(time.Hour).Unix())
+	for i := range 2 << 20 {
+		f.add(z.MemHash([]byte{byte(i), byte(i >> 8), byte(i >> 16)}), now, exp)
+	}
+	h := uint64(0x12345)
+	b.ReportAllocs()
+	for b.Loop() {
+		h = h*0x9e3779b97f4a7c15 + 1
+		if !f.mayHold(h) {
+			f.add(h, now, exp)
+		}
+	}
 }
