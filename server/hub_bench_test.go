@@ -23,6 +23,7 @@ func BenchmarkHubFanOut(b *testing.B) {
 			srv := &Server{cfg: Config{BehindBytes: 1 << 20}}
 			srv.metrics = newMetrics(&srv.counters, func() int { return 0 })
 			h := newHub(memstore.New(memstore.Options{}), slog.New(slog.NewTextHandler(io.Discard, nil)), nil, -1, time.Second, srv.metrics)
+			h.presence = newPresence(PresenceConfig{}, &srv.metrics.presence)
 			c := &conn{s: srv, budget: stream.NewBudget(1 << 30)}
 			for range n {
 				sess := &session{c: c, out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
