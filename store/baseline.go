@@ -208,16 +208,7 @@ func (b *Baseline) add(bb *baselineBatch, c *baselineCall) {
 	if bb.err != nil {
 		return
 	}
-	size, entries := 0, 0
-	for i := range c.reqs {
-		r := &c.reqs[i]
-		size += msgKeyLen + encodedLen(r)
-		entries++
-		if r.ID != "" {
-			size += idemKeyLen(r.From, r.ID) + 8
-			entries++
-		}
-	}
+	size, entries := recordsSize(c.reqs)
 	buf := make([]byte, 0, size)
 	es := make([]badger.Entry, 0, entries)
 	// add appends the entry whose key is buf[start:k] and value buf[k:].

@@ -445,16 +445,7 @@ func (b *batch) addAppends(op *appendOp) error {
 	// The call's keys and values share one buffer, and its Badger entries
 	// one slice (never grown: the transaction points into it). The messages
 	// handed to watchers keep their Data in the buffer.
-	size, entries := 0, 0
-	for i := range op.reqs {
-		r := &op.reqs[i]
-		size += msgKeyLen + encodedLen(r)
-		entries++
-		if r.ID != "" {
-			size += idemKeyLen(r.From, r.ID) + 8
-			entries++
-		}
-	}
+	size, entries := recordsSize(op.reqs)
 	buf := make([]byte, 0, size)
 	es := make([]badger.Entry, 0, entries)
 	set := func(e badger.Entry) error {
@@ -645,4 +636,20 @@ func newEpoch() uint64 {
 			return e
 		}
 	}
+}
+
+// recordsSize is the bytes of the keys and values Append stores for reqs,
+// and how many Badger entries they make: a message each, and an
+// idempotency key for each with an ID.
+func recordsSize(reqs []AppendRequest) (size, entries int) {
+	for i := range reqs {
+		r := &reqs[i]
+		size += msgKeyLen + encodedLen(r)
+		entries++
+		if r.ID != "" {
+			size += idemKeyLen(r.From, r.ID) + 8
+			entries++
+		}
+	}
+	return size, entries
 }
