@@ -51,7 +51,9 @@ type Config struct {
 	// HelloTimeout bounds the wait for the client's Hello. Zero: 10 s.
 	HelloTimeout time.Duration
 	// HoleWait, MergeWindow, RepairBatch and AckDelay are told to clients in
-	// Welcome. Zero: 50 ms, 20 ms, 1000 messages, 200 ms.
+	// Welcome. Zero: 50 ms, 20 ms, 1000 messages, 200 ms. A client acks
+	// once it has been quiet for AckDelay, or 5 AckDelays after the first
+	// ack it held (docs/PROTOCOL.md §5).
 	HoleWait    time.Duration
 	MergeWindow time.Duration
 	RepairBatch int
