@@ -234,6 +234,39 @@ func (ib *Inbox) User() string { return ib.user }
 // Close ends the subscription; records not yet handled are not handed over.
 func (ib *Inbox) Close() { ib.sub.Close() }
 
+// WaitHandled waits until the Inbox has finished handling m: its handler
+// returned and its position is saved and acknowledged (held back, then
+// sent ahead of a MarkRead). A program that learns from inside a handler
+// that it is done (the last message printed, say) calls it before
+// MarkRead; never from m's own handler, which it would wait for. An
+// Observe inbox acknowledges nothing: it returns at once.
+func (ib *Inbox) WaitHandled(ctx context.Context, m ChatMessage) error {
+	ch := ib.sub.ch
+	if ch.observe {
+		return nil
+	}
+	// Polled: the channel's progress signal wakes one waiter, its page
+	// puller's.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ch.mu.Lock()
+		h, closed := ch.handled, ch.closed
+		ch.mu.Unlock()
+		switch {
+		case h.Epoch == m.Epoch && h.Seq >= m.Seq:
+			return nil
+		case closed:
+			return errors.New("client: the inbox subscription ended before the message was handled")
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (ib *Inbox) handle(c *Client, opts InboxOptions, m Message) error {
 	e, err := DecodeInbox(ib.user, m)
 	switch {

@@ -33,6 +33,10 @@ func TestSendAndInbox(t *testing.T) {
 	require.Equal(t, uint64(1), msg.Seq)
 
 	sent := wait()
+	if sent.code != 0 {
+		h := ts.quicpush(t, "--token", "alice", "history", "user/alice/inbox")
+		t.Logf("alice's inbox holds: %s%s", h.stdout, h.stderr)
+	}
 	require.Equal(t, 0, sent.code, "stdout: %s\nstderr: %s", sent.stdout, sent.stderr)
 	ack := lines[sendLine](t, sent.stdout)[0]
 	require.Equal(t, sendLine{To: "bob", Channel: "user/bob/inbox", Seq: 1, Epoch: ack.Epoch, ID: "m-1"}, ack)

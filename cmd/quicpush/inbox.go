@@ -118,17 +118,16 @@ func (c *inboxCmd) Run(ctx context.Context, e *env) error {
 	p := &inboxPrinter{w: e.stdout, done: make(chan struct{})}
 	var toRead []client.ChatMessage
 	handle := func(entry client.InboxEntry, seq uint64) error {
-		if err := p.print(entryLine(entry), seq); err != nil {
-			return err
-		}
+		// Queued before it is printed: printing the last one says the
+		// catch-up is done, and the marking starts.
 		if c.MarkRead && entry.Message != nil {
 			p.mu.Lock()
 			toRead = append(toRead, *entry.Message)
 			p.mu.Unlock()
 		}
-		return nil
+		return p.print(entryLine(entry), seq)
 	}
-	_, err = cl.Inbox(ctx, client.InboxOptions{
+	ib, err := cl.Inbox(ctx, client.InboxOptions{
 		OnWaiting: func(w client.Waiting) { p.target(w) },
 		OnMessage: func(m client.ChatMessage) error { return handle(client.InboxEntry{Message: &m}, m.Seq) },
 		OnSent:    func(m client.ChatMessage) error { return handle(client.InboxEntry{Sent: &m}, m.Seq) },
@@ -155,12 +154,20 @@ func (c *inboxCmd) Run(ctx context.Context, e *env) error {
 	if p.err != nil {
 		return p.err
 	}
-	return markRead(context.WithoutCancel(ctx), cl, toRead)
+	return markRead(context.WithoutCancel(ctx), cl, ib, toRead)
 }
 
-// markRead marks msgs, all handled, read (MarkRead sends the held-back
-// acknowledgement of their delivery first).
-func markRead(ctx context.Context, cl *client.Client, msgs []client.ChatMessage) error {
+// markRead marks msgs read once the Inbox has finished handling them (the
+// catch-up is known done from inside the last one's handler), and MarkRead
+// sends the held-back acknowledgement of their delivery first.
+func markRead(ctx context.Context, cl *client.Client, ib *client.Inbox, msgs []client.ChatMessage) error {
+	if len(msgs) > 0 {
+		wait, cancel := context.WithTimeout(ctx, 10*time.Second) // the handler returned: a moment
+		defer cancel()
+		if err := ib.WaitHandled(wait, msgs[len(msgs)-1]); err != nil {
+			return fmt.Errorf("waiting for the messages to be handled: %w", err)
+		}
+	}
 	for _, m := range msgs {
 		if err := cl.MarkRead(ctx, m); err != nil {
 			return fmt.Errorf("cannot mark %s's message %s read: %w", m.From, m.ID, err)
