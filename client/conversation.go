@@ -63,7 +63,8 @@ func (c *Client) Send(ctx context.Context, to string, data []byte, opts SendOpti
 // handled (delivered) can be marked; others get NOT_DELIVERED. It goes on
 // the session of the Inbox that handed m over, behind the acknowledgement
 // that the Inbox holds back (AckDelay), so a message marked as soon as its
-// handler returned is known as delivered.
+// handler returned is known as delivered. Another goroutine that learned of
+// m inside its handler calls Inbox.WaitHandled first.
 func (c *Client) MarkRead(ctx context.Context, m ChatMessage) error {
 	if m.Seq == 0 {
 		return stream.Errorf(stream.BadRequest, "not a message of the inbox (seq 0)")
