@@ -250,7 +250,7 @@ func (c *Client) Page(ctx context.Context, channel string, opts PageOptions) (Pa
 	}
 	var page Page
 	err = readPage(ctx, conn, &pb.InboxPull{Channel: channel, After: opts.After, Limit: uint32(limit), Newest: opts.Newest},
-		func(p *pb.Push) { page.Messages = append(page.Messages, messageFrom(channel, p, true, nil)) },
+		func(p *pb.Push) { page.Messages = append(page.Messages, messageFrom(channel, p, true)) },
 		func(e *pb.InboxPage) {
 			page.Epoch, page.Next, page.Head, page.FirstRetained, page.Waiting = e.Epoch, e.Next, e.Head, e.FirstRetained, e.Waiting
 		})

@@ -67,20 +67,27 @@ const (
 // again; the error goes to SubscribeOptions.OnError.
 type Handler func(Message) error
 
-// messageFrom makes the Message of a push on channel. It copies what it
-// keeps, as a live push aliases the reader's buffer (stream.DecodePush):
-// the data, From and ID, into one piece of memory from c (nil: a new one).
-func messageFrom(channel string, p *pb.Push, repaired bool, c *copier) Message {
+// messageFrom makes the Message of a push on channel that owns its bytes
+// (decoded by proto.Unmarshal: repairs, pages, history).
+func messageFrom(channel string, p *pb.Push, repaired bool) Message {
+	return Message{
+		Channel: channel, Epoch: p.Epoch, Seq: p.Seq,
+		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
+		Data: p.Data, Time: time.Unix(0, p.TimeUnixNs), From: p.From, ID: p.Id, Repaired: repaired, Critical: p.Critical,
+	}
+}
+
+// copyMessage is messageFrom for a push that may alias a read buffer (a
+// live one: stream.DecodePush): the data, From and ID are copied into one
+// piece of memory from c.
+func copyMessage(channel string, p *pb.Push, repaired bool, c *copier) Message {
 	buf := c.take(len(p.Data) + len(p.From) + len(p.Id))
 	d := copy(buf, p.Data)
 	f := d + copy(buf[d:], p.From)
 	copy(buf[f:], p.Id)
-	return Message{
-		Channel: channel, Epoch: p.Epoch, Seq: p.Seq,
-		Droppable: p.Class == pb.Class_CLASS_DROPPABLE, DroppableSeq: p.DroppableSeq,
-		Data: buf[:d:d], Time: time.Unix(0, p.TimeUnixNs), From: frozenString(buf[d:f]), ID: frozenString(buf[f:]),
-		Repaired: repaired, Critical: p.Critical,
-	}
+	m := messageFrom(channel, p, repaired)
+	m.Data, m.From, m.ID = buf[:d:d], frozenString(buf[d:f]), frozenString(buf[f:])
+	return m
 }
 
 // copier hands out memory for the messages of one channel. Small ones are
@@ -98,7 +105,7 @@ const (
 )
 
 func (c *copier) take(n int) []byte {
-	if c == nil || n > copyMax {
+	if n > copyMax {
 		return make([]byte, n)
 	}
 	if len(c.free) < n {

@@ -30,11 +30,7 @@ func TestMessagesOwnTheirBytes(t *testing.T) {
 		require.NoError(t, err)
 		buf = append(buf[:0], b...)
 		require.NoError(t, stream.DecodePush(buf, push))
-		copierFor := &c
-		if i%10 == 0 {
-			copierFor = nil // as repairs do
-		}
-		msgs = append(msgs, messageFrom("room/a", push, false, copierFor))
+		msgs = append(msgs, copyMessage("room/a", push, false, &c))
 		for j := range buf {
 			buf[j] = 0xff // the reader's next frame
 		}

@@ -98,7 +98,7 @@ func (c *Client) History(ctx context.Context, channel string, from, to uint64) (
 		}
 		var end *pb.RepairEnd
 		err = readRepair(ctx, conn, &pb.RepairRequest{Channel: channel, Epoch: epoch, From: from, To: upTo}, func(p *pb.Push) {
-			msgs = append(msgs, messageFrom(channel, p, true, nil))
+			msgs = append(msgs, messageFrom(channel, p, true))
 		}, func(e *pb.RepairEnd) { end = e })
 		if err != nil {
 			var pe *stream.Error
