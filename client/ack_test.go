@@ -51,7 +51,7 @@ func TestAckAfterFinishWaitsForNextConnection(t *testing.T) {
 	require.Eventually(t, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.ackTimer == nil // flushAcks has run
+		return !s.ackArmed // flushAcks has run
 	}, 10*time.Second, time.Millisecond)
 
 	s.mu.Lock()

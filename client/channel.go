@@ -43,7 +43,6 @@ type channel struct {
 	repairFrom uint64 // the first seq the repair in flight asked for
 	holeTimer  *time.Timer
 	ready      []item
-	copier     copier // memory for the messages it keeps
 	closed     bool
 
 	wake chan struct{}
@@ -160,7 +159,7 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 		if len(ch.ready) >= ch.s.c.cfg.BufferLimit {
 			return false // the handler is behind: thinned here too (counted as missing)
 		}
-		ch.enqueue(item{msg: copyMessage(ch.name, p, repaired, &ch.copier)})
+		ch.enqueue(item{msg: copyMessage(ch.name, p, repaired)})
 		return true
 	}
 	if ch.epoch == 0 && ch.queued == 0 {
@@ -175,11 +174,11 @@ func (ch *channel) onPush(p *pb.Push, repaired bool) (fresh bool) {
 		// it has caught up, rather than hold an unbounded queue.
 	} else if p.Seq == ch.queued+1 {
 		ch.queued++
-		ch.enqueue(item{msg: copyMessage(ch.name, p, repaired, &ch.copier), save: Position{Epoch: ch.epoch, Seq: p.Seq}, hasSave: true})
+		ch.enqueue(item{msg: copyMessage(ch.name, p, repaired), save: Position{Epoch: ch.epoch, Seq: p.Seq}, hasSave: true})
 		ch.drain()
 		fresh = true
 	} else if _, ok := ch.buf[p.Seq]; !ok && len(ch.buf) < ch.s.c.cfg.BufferLimit {
-		ch.buf[p.Seq] = copyMessage(ch.name, p, repaired, &ch.copier)
+		ch.buf[p.Seq] = copyMessage(ch.name, p, repaired)
 		fresh = true
 	}
 	if !repaired {

@@ -79,41 +79,21 @@ func messageFrom(channel string, p *pb.Push, repaired bool) Message {
 
 // copyMessage is messageFrom for a push that may alias a read buffer (a
 // live one: stream.DecodePush): the data, From and ID are copied into one
-// piece of memory from c.
-func copyMessage(channel string, p *pb.Push, repaired bool, c *copier) Message {
-	buf := c.take(len(p.Data) + len(p.From) + len(p.Id))
+// allocation of their own. That is cheaper than carving them from a chunk
+// kept per channel: consecutive messages, of whichever channel, land side
+// by side in memory the allocator has just handed out, where the chunks
+// of many channels are written to in turns, each gone cold meanwhile
+// (`quicpush bench fanout --subscribers 1000`, 1000 clients in one
+// process: 0.23-0.29 µs per message against 0.45). And a message the
+// application keeps holds only its own bytes, not a chunk.
+func copyMessage(channel string, p *pb.Push, repaired bool) Message {
+	buf := make([]byte, len(p.Data)+len(p.From)+len(p.Id))
 	d := copy(buf, p.Data)
 	f := d + copy(buf[d:], p.From)
 	copy(buf[f:], p.Id)
 	m := messageFrom(channel, p, repaired)
 	m.Data, m.From, m.ID = buf[:d:d], frozenString(buf[d:f]), frozenString(buf[f:])
 	return m
-}
-
-// copier hands out memory for the messages of one channel. Small ones are
-// carved from shared chunks, so a steady stream of pushes costs one
-// allocation per chunk instead of two per message (an eighth of the SDK's
-// CPU per delivery went to those). Pieces never overlap, and a Data slice
-// ends at its own capacity; a message the application keeps keeps its
-// chunk (copyChunk bytes) alive. Not safe for concurrent use: a channel's
-// is guarded by the channel's lock.
-type copier struct{ free []byte }
-
-const (
-	copyChunk = 4 << 10
-	copyMax   = copyChunk / 16 // larger messages get memory of their own
-)
-
-func (c *copier) take(n int) []byte {
-	if n > copyMax {
-		return make([]byte, n)
-	}
-	if len(c.free) < n {
-		c.free = make([]byte, copyChunk)
-	}
-	b := c.free[:n:n]
-	c.free = c.free[n:]
-	return b
 }
 
 // frozenString is b as a string without a copy. Only for bytes nothing

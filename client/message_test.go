@@ -16,12 +16,11 @@ import (
 // when the buffer is overwritten, whatever the application does to another
 // message's Data: write over it or append to it.
 func TestMessagesOwnTheirBytes(t *testing.T) {
-	var c copier
 	buf := make([]byte, 0, 8<<10)
 	push := new(pb.Push)
 	var msgs []Message
 	want := func(i int) (data, from, id string) {
-		size := i * 37 % 700 // some beyond copyMax, some empty
+		size := i * 37 % 700 // some empty
 		return string(bytes.Repeat([]byte{byte('a' + i%26)}, size)), fmt.Sprintf("user-%d", i%3), fmt.Sprintf("m-%d", i)
 	}
 	for i := range 200 {
@@ -30,7 +29,7 @@ func TestMessagesOwnTheirBytes(t *testing.T) {
 		require.NoError(t, err)
 		buf = append(buf[:0], b...)
 		require.NoError(t, stream.DecodePush(buf, push))
-		msgs = append(msgs, copyMessage("room/a", push, false, &c))
+		msgs = append(msgs, copyMessage("room/a", push, false))
 		for j := range buf {
 			buf[j] = 0xff // the reader's next frame
 		}

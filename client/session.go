@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quicpush/quicpush/stream"
@@ -27,12 +28,16 @@ type Session struct {
 	send     *stream.Sender
 	readDone chan struct{} // closed when the stream's reader has stopped
 	channels map[string]*channel
-	nextReq  uint64
-	subReqs  map[uint64]string     // subscribe request id -> channel
-	subWait  map[string]chan error // Subscribe calls waiting, by channel
-	pubs     map[uint64]*pendingPublish
-	acks     map[string]Position
-	ackTimer *time.Timer
+	// channelsGen changes (under mu) with every change to channels: the
+	// reader's lookups are cached until it does (channelCache).
+	channelsGen atomic.Uint64
+	nextReq     uint64
+	subReqs     map[uint64]string     // subscribe request id -> channel
+	subWait     map[string]chan error // Subscribe calls waiting, by channel
+	pubs        map[uint64]*pendingPublish
+	acks        map[string]Position
+	ackTimer    *time.Timer // reused; runs flushAcks while ackArmed
+	ackArmed    bool
 	// When the first pending ack and the latest were recorded.
 	ackFirst, ackLast time.Time
 	confirms          map[uint64]*Confirmation   // by publish request id
@@ -149,6 +154,7 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 		}
 	}
 	push := new(pb.Push)
+	var channels channelCache
 	for {
 		body, err := r.ReadBody()
 		if err != nil {
@@ -160,7 +166,7 @@ func (s *Session) read(conn *connection, r *stream.Reader) {
 				fail(err)
 				return
 			}
-			if ch := s.channel(push.Channel); ch != nil {
+			if ch := channels.get(s, push.Channel); ch != nil {
 				ch.onPush(push, false)
 			}
 			continue
@@ -224,6 +230,25 @@ func (s *Session) channel(name string) *channel {
 	return s.channels[name]
 }
 
+// channelCache is the reader's last lookup, valid while the session's
+// channels stay as they were: pushes come channel after channel, and
+// looking each one up would take the session's lock, which the handlers'
+// acks take too.
+type channelCache struct {
+	name string
+	ch   *channel
+	gen  uint64
+}
+
+func (c *channelCache) get(s *Session, name string) *channel {
+	gen := s.channelsGen.Load()
+	if c.ch == nil || c.gen != gen || c.name != name {
+		// Read gen first: a change made meanwhile makes the next get look again.
+		c.name, c.ch, c.gen = name, s.channel(name), gen
+	}
+	return c.ch
+}
+
 func (s *Session) onError(conn *connection, e *stream.Error, requestID uint64) {
 	if s.answer(requestID, nil, e) {
 		return // a presence request
@@ -258,6 +283,7 @@ func (s *Session) refused(channel string, e *stream.Error) {
 	ch := s.channels[channel]
 	if ch != nil {
 		delete(s.channels, channel)
+		s.channelsGen.Add(1)
 		s.c.release(channel)
 	}
 	wait := s.subWait[channel]
@@ -285,6 +311,7 @@ func (s *Session) stop(ch *channel, err error) {
 	s.mu.Lock()
 	if s.channels[ch.name] == ch {
 		delete(s.channels, ch.name)
+		s.channelsGen.Add(1)
 		s.c.release(ch.name)
 		if s.send != nil {
 			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: ch.name}}})
@@ -378,6 +405,7 @@ func (s *Session) Subscribe(ctx context.Context, channel string, opts SubscribeO
 	}
 	s.mu.Lock()
 	s.channels[channel] = ch
+	s.channelsGen.Add(1)
 	// Wait for the server's answer, on this connection or, if it breaks
 	// meanwhile, on the next one (the resume subscribes again).
 	wait := make(chan error, 1)
@@ -418,6 +446,7 @@ func (sub *Subscription) Close() {
 	s.mu.Lock()
 	if s.channels[sub.ch.name] == sub.ch {
 		delete(s.channels, sub.ch.name)
+		s.channelsGen.Add(1)
 		s.c.release(sub.ch.name)
 		if s.send != nil {
 			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: sub.ch.name}}})
@@ -440,23 +469,45 @@ func (s *Session) ack(channel string, pos Position) {
 	defer s.mu.Unlock()
 	s.acks[channel] = pos
 	s.ackLast = time.Now()
-	if s.ackTimer == nil && s.conn != nil {
+	if !s.ackArmed && s.conn != nil {
 		s.ackFirst = s.ackLast
-		s.ackTimer = time.AfterFunc(s.conn.params.ackDelay, s.flushAcks)
+		s.armAckTimer(s.conn.params.ackDelay)
 	}
+}
+
+// armAckTimer schedules flushAcks after d; s.mu held. The session keeps
+// one timer: a busy subscriber re-arms it several times per ack it sends.
+func (s *Session) armAckTimer(d time.Duration) {
+	s.ackArmed = true
+	if s.ackTimer == nil {
+		s.ackTimer = time.AfterFunc(d, s.flushAcks)
+		return
+	}
+	s.ackTimer.Reset(d)
+}
+
+// stopAckTimer cancels a scheduled flushAcks; s.mu held.
+func (s *Session) stopAckTimer() {
+	if s.ackTimer != nil {
+		s.ackTimer.Stop()
+	}
+	s.ackArmed = false
 }
 
 func (s *Session) flushAcks() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ackTimer = nil
+	if !s.ackArmed {
+		return // stopped after this run had started
+	}
+	s.ackArmed = false
 	if s.send == nil || len(s.acks) == 0 {
 		return // sent on resume
 	}
 	delay := s.conn.params.ackDelay
 	quiet, deadline := time.Since(s.ackLast), s.ackFirst.Add(maxAckHold*delay)
 	if wait := min(delay-quiet, time.Until(deadline)); wait > 0 {
-		s.ackTimer = time.AfterFunc(wait, s.flushAcks) // still busy
+		s.armAckTimer(wait) // still busy
 		return
 	}
 	s.sendAcks()
@@ -608,10 +659,7 @@ func (s *Session) finish(conn *connection) <-chan struct{} {
 		close(done)
 		return done
 	}
-	if s.ackTimer != nil {
-		s.ackTimer.Stop()
-		s.ackTimer = nil
-	}
+	s.stopAckTimer()
 	s.sendAcks()
 	s.send.Close()
 	return s.readDone
@@ -620,9 +668,7 @@ func (s *Session) finish(conn *connection) <-chan struct{} {
 func (s *Session) close() {
 	s.mu.Lock()
 	channels := s.channelList()
-	if s.ackTimer != nil {
-		s.ackTimer.Stop()
-	}
+	s.stopAckTimer()
 	s.mu.Unlock()
 	for _, ch := range channels {
 		ch.close()
