@@ -114,7 +114,13 @@ func (c *conn) serve() {
 		}
 		c.mu.Unlock()
 	}()
-	r, err := c.handshake()
+	// This goroutine then waits on the control stream for the connection's
+	// life: the handshake's deep calls leave their stack elsewhere.
+	var control bidiStream
+	err := onFreshStack(func() (err error) {
+		control, err = c.handshake()
+		return err
+	})
 	if err != nil {
 		c.fail(err)
 		return
@@ -122,15 +128,13 @@ func (c *conn) serve() {
 	c.s.metrics.controlStreams.Add(1)
 	defer c.s.metrics.controlStreams.Add(-1)
 	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.acceptStreams()
-	}()
-	c.fail(c.controlLoop(r))
+	go c.acceptStreams()
+	c.fail(readFrames(control, c.handleControl))
 }
 
-// handshake reads the Hello on the control stream and answers Welcome.
-func (c *conn) handshake() (*stream.Reader, error) {
+// handshake reads the Hello on the control stream and answers Welcome; it
+// returns the control stream.
+func (c *conn) handshake() (bidiStream, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.HelloTimeout)
 	defer cancel()
 	st, err := c.tr.AcceptStream(ctx)
@@ -195,28 +199,19 @@ func (c *conn) handshake() (*stream.Reader, error) {
 	}
 	c.remote = c.tr.RemoteAddr().String()
 	c.log.Debug("client connected")
-	return r, nil
+	return st, nil
 }
 
-func (c *conn) controlLoop(r *stream.Reader) error {
-	for {
-		f, err := r.ReadFrame()
-		if err != nil {
-			return err
-		}
-		switch b := f.Body.(type) {
-		case *pb.Frame_Refresh:
-			if err := c.refresh(b.Refresh.Token); err != nil {
-				return err
-			}
-		case *pb.Frame_Ping:
-			c.checkPath(int(b.Ping.PathChanges))
-			if err := c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}}); err != nil {
-				return err
-			}
-		default:
-			return stream.Unexpected(f, "on the control stream")
-		}
+// handleControl handles a frame of the control stream after the hello.
+func (c *conn) handleControl(f *pb.Frame) error {
+	switch b := f.Body.(type) {
+	case *pb.Frame_Refresh:
+		return c.refresh(b.Refresh.Token)
+	case *pb.Frame_Ping:
+		c.checkPath(int(b.Ping.PathChanges))
+		return c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}})
+	default:
+		return stream.Unexpected(f, "on the control stream")
 	}
 }
 
@@ -425,53 +420,72 @@ func (c *conn) checkPath(clientCount int) {
 }
 
 func (c *conn) acceptStreams() {
+	defer c.wg.Done()
 	for {
 		st, err := c.tr.AcceptStream(c.ctx)
 		if err != nil {
 			return
 		}
 		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			if err := c.serveStream(st); isStreamError(err) {
-				// The client reset this stream: it ends alone.
-				st.CancelWrite(stream.NoError)
-			} else {
-				c.fail(err)
-			}
-		}()
+		go c.serveStream(st)
 	}
 }
 
-// serveStream dispatches a client-opened stream on its first frame.
-func (c *conn) serveStream(st bidiStream) error {
-	r := stream.NewReader(st, 0)
-	f, err := r.ReadFrame()
-	if err != nil {
-		if err == io.EOF {
-			return nil
+// serveStream serves a client-opened stream until it ends. Its first frame
+// says what it is: a session, which reads frames for as long as the client
+// keeps it, or a request, served at once.
+func (c *conn) serveStream(st bidiStream) {
+	defer c.wg.Done()
+	var sess *session
+	err := readFrames(st, func(f *pb.Frame) error {
+		if sess != nil {
+			return sess.handle(f)
 		}
+		var err error
+		sess, err = c.openStream(st, f)
 		return err
+	})
+	switch {
+	case sess != nil && err == io.EOF:
+		sess.end() // the client ended the session: so do we
+		err = nil
+	case err == io.EOF || err == errServed:
+		err = nil
 	}
+	if sess != nil {
+		c.closeSession(sess)
+	}
+	if isStreamError(err) {
+		// The client reset this stream: it ends alone.
+		st.CancelWrite(stream.NoError)
+	} else {
+		c.fail(err)
+	}
+}
+
+// errServed ends a request stream once its answer is sent.
+var errServed = errors.New("stream served")
+
+// openStream dispatches a stream on its first frame: it opens a session, or
+// serves a request and returns errServed.
+func (c *conn) openStream(st bidiStream, f *pb.Frame) (*session, error) {
+	var err error
 	switch b := f.Body.(type) {
 	case *pb.Frame_SessionOpen:
-		sess := c.openSession(st, b.SessionOpen.Name)
-		defer c.closeSession(sess)
-		err := sess.run(r)
-		if err == io.EOF {
-			sess.end() // the client ended the session: so do we
-			return nil
-		}
-		return err
+		return c.openSession(st, b.SessionOpen.Name), nil
 	case *pb.Frame_RepairRequest:
-		return c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
+		err = c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
 	case *pb.Frame_InboxPull:
-		return c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
+		err = c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
 	case *pb.Frame_InboxCountRequest:
-		return c.serveInboxCount(st, b.InboxCountRequest)
+		err = c.serveInboxCount(st, b.InboxCountRequest)
 	default:
-		return stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
+		return nil, stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
 	}
+	if err == nil {
+		err = errServed
+	}
+	return nil, err
 }
 
 func (c *conn) openSession(st bidiStream, name string) *session {
