@@ -32,7 +32,6 @@ type conn struct {
 	s      *Server
 	tr     transport
 	id     string
-	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
 	budget *stream.Budget
@@ -79,7 +78,6 @@ func newConn(s *Server, tr transport) *conn {
 	ctx, cancel := context.WithCancel(s.ctx)
 	return &conn{
 		s: s, tr: tr, id: id, ctx: ctx, cancel: cancel,
-		log:      s.log.With("conn", id, "remote", tr.RemoteAddr().String()),
 		budget:   stream.NewBudget(int64(s.cfg.SendQueueBytes)),
 		sessions: map[*session]struct{}{},
 		pulls:    make(chan struct{}, maxPulls),
@@ -132,10 +130,24 @@ func (c *conn) serve() {
 	c.fail(readFrames(control, c.handleControl))
 }
 
+// logger is the server's logger with the connection's attributes, built
+// when something is logged (rarely) rather than kept: a logger per
+// connection holds about half a KiB.
+func (c *conn) logger() *slog.Logger {
+	l := c.s.log.With("conn", c.id, "remote", c.tr.RemoteAddr().String())
+	if user := c.userName(); user != "" {
+		l = l.With("user", user, "client", c.hello.ClientID, "device", c.hello.DeviceID)
+	}
+	return l
+}
+
 // handshake reads the Hello on the control stream and answers Welcome; it
 // returns the control stream.
 func (c *conn) handshake() (bidiStream, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.HelloTimeout)
+	// Only the server's end cancels c.ctx before the handshake returns, and
+	// a child of c.ctx would leave c.ctx a map of children for the rest of
+	// the connection.
+	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.HelloTimeout)
 	defer cancel()
 	st, err := c.tr.AcceptStream(ctx)
 	if err != nil {
@@ -170,10 +182,8 @@ func (c *conn) handshake() (bidiStream, error) {
 		return nil, err
 	}
 	c.authMu.Lock()
-	c.user = reply.User // under authMu for DisconnectUser; set before any reader starts
+	c.user = reply.User // under authMu for DisconnectUser and logger; set before any reader starts
 	c.authMu.Unlock()
-	// Before setAuth: its expiry timer logs with c.log.
-	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	c.setAuth(reply)
 	c.control.Store(control)
 	cfg := &c.s.cfg
@@ -198,7 +208,7 @@ func (c *conn) handshake() (bidiStream, error) {
 		return nil, err
 	}
 	c.remote = c.tr.RemoteAddr().String()
-	c.log.Debug("client connected")
+	c.logger().Debug("client connected")
 	return st, nil
 }
 
@@ -241,7 +251,7 @@ func (c *conn) setAuth(reply HelloReply) {
 	}
 	if !reply.ExpiresAt.IsZero() {
 		c.expires = time.AfterFunc(time.Until(reply.ExpiresAt), func() {
-			c.log.Info("token expired: closing")
+			c.logger().Info("token expired: closing")
 			c.closeWith(stream.Unauthorized, "token expired: connect again with a new token")
 		})
 	}
@@ -325,7 +335,7 @@ func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte, c
 			c.s.counters.copiesFailed.Add(1) // the stream copy still goes
 			return true
 		}
-		sess.out.shed[channel]++
+		sess.out.shedOne(channel)
 		c.s.counters.droppableShed.Add(1)
 	}
 	return true
@@ -406,7 +416,7 @@ func (c *conn) checkPath(clientCount int) {
 	before := c.pathChanges
 	if addr := c.tr.RemoteAddr().String(); addr != c.remote {
 		c.pathChanges++
-		c.log.Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
+		c.logger().Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
 		c.remote = addr
 	}
 	if clientCount > c.pathChanges {
@@ -520,7 +530,7 @@ func (c *conn) fail(err error) {
 	}
 	var pe *stream.Error
 	if errors.As(err, &pe) && !pe.Remote {
-		c.log.Info("closing connection", "code", pe.Code, "reason", pe.Message)
+		c.logger().Info("closing connection", "code", pe.Code, "reason", pe.Message)
 		c.closeWith(pe.Code, pe.Message)
 		return
 	}
@@ -529,12 +539,12 @@ func (c *conn) fail(err error) {
 		// count and log the connection once.
 		if c.slowConsumer.CompareAndSwap(false, true) {
 			c.s.counters.slowConsumers.Add(1)
-			c.log.Warn("closing slow consumer", "queued", c.budget.Used())
+			c.logger().Warn("closing slow consumer", "queued", c.budget.Used())
 		}
 		c.closeWith(stream.SlowConsumer, "send queue full")
 		return
 	}
-	c.log.Debug("connection ended", "err", err)
+	c.logger().Debug("connection ended", "err", err)
 	c.closeWith(stream.NoError, "")
 }
 

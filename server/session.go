@@ -30,16 +30,15 @@ type session struct {
 	work         sync.WaitGroup // the chat loop and read receipts, answered before end's FIN
 
 	pubMu      sync.Mutex
-	pubCond    *sync.Cond // signalled when publishing ends
+	pubCond    sync.Cond // signalled when publishing ends; L is pubMu
 	pubQueue   []*pb.Publish
 	inFlight   int // queued plus being appended
 	publishing bool
 }
 
 func newSession(c *conn, st bidiStream, name string) *session {
-	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8),
-		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
-	s.pubCond = sync.NewCond(&s.pubMu)
+	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8)}
+	s.pubCond.L = &s.pubMu
 	s.send = stream.NewSender(st, c.budget, func(err error) {
 		if isStreamError(err) {
 			// The client reset or stopped this stream: end the session
@@ -134,7 +133,7 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 	ctx := s.c.ctx
 	storeErr := func(err error) error {
 		s.forget(req.Channel)
-		s.c.log.Warn("subscribe failed", "channel", req.Channel, "err", err)
+		s.c.logger().Warn("subscribe failed", "channel", req.Channel, "err", err)
 		e := stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err)
 		e.RetryAfterMs = 1000
 		return s.replyError(e, req.RequestId, req.Channel)
