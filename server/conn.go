@@ -115,7 +115,7 @@ func (c *conn) serve() {
 	// This goroutine then waits on the control stream for the connection's
 	// life: the handshake's deep calls leave their stack elsewhere.
 	var control bidiStream
-	err := onFreshStack(func() (err error) {
+	err := c.s.stacks.do(func() (err error) {
 		control, err = c.handshake()
 		return err
 	})
@@ -127,7 +127,7 @@ func (c *conn) serve() {
 	defer c.s.metrics.controlStreams.Add(-1)
 	c.wg.Add(1)
 	go c.acceptStreams()
-	c.fail(readFrames(control, c.handleControl))
+	c.fail(readFrames(c.s.stacks, control, c.handleControl))
 }
 
 // logger is the server's logger with the connection's attributes, built
@@ -447,7 +447,7 @@ func (c *conn) acceptStreams() {
 func (c *conn) serveStream(st bidiStream) {
 	defer c.wg.Done()
 	var sess *session
-	err := readFrames(st, func(f *pb.Frame) error {
+	err := readFrames(c.s.stacks, st, func(f *pb.Frame) error {
 		if sess != nil {
 			return sess.handle(f)
 		}
