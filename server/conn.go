@@ -32,7 +32,6 @@ type conn struct {
 	s      *Server
 	tr     transport
 	id     string
-	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
 	budget *stream.Budget
@@ -79,7 +78,6 @@ func newConn(s *Server, tr transport) *conn {
 	ctx, cancel := context.WithCancel(s.ctx)
 	return &conn{
 		s: s, tr: tr, id: id, ctx: ctx, cancel: cancel,
-		log:      s.log.With("conn", id, "remote", tr.RemoteAddr().String()),
 		budget:   stream.NewBudget(int64(s.cfg.SendQueueBytes)),
 		sessions: map[*session]struct{}{},
 		pulls:    make(chan struct{}, maxPulls),
@@ -114,7 +112,13 @@ func (c *conn) serve() {
 		}
 		c.mu.Unlock()
 	}()
-	r, err := c.handshake()
+	// This goroutine then waits on the control stream for the connection's
+	// life: the handshake's deep calls leave their stack elsewhere.
+	var control bidiStream
+	err := c.s.stacks.do(func() (err error) {
+		control, err = c.handshake()
+		return err
+	})
 	if err != nil {
 		c.fail(err)
 		return
@@ -122,16 +126,28 @@ func (c *conn) serve() {
 	c.s.metrics.controlStreams.Add(1)
 	defer c.s.metrics.controlStreams.Add(-1)
 	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.acceptStreams()
-	}()
-	c.fail(c.controlLoop(r))
+	go c.acceptStreams()
+	c.fail(readFrames(c.s.stacks, control, c.handleControl))
 }
 
-// handshake reads the Hello on the control stream and answers Welcome.
-func (c *conn) handshake() (*stream.Reader, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.HelloTimeout)
+// logger is the server's logger with the connection's attributes, built
+// when something is logged (rarely) rather than kept: a logger per
+// connection holds about half a KiB.
+func (c *conn) logger() *slog.Logger {
+	l := c.s.log.With("conn", c.id, "remote", c.tr.RemoteAddr().String())
+	if user := c.userName(); user != "" {
+		l = l.With("user", user, "client", c.hello.ClientID, "device", c.hello.DeviceID)
+	}
+	return l
+}
+
+// handshake reads the Hello on the control stream and answers Welcome; it
+// returns the control stream.
+func (c *conn) handshake() (bidiStream, error) {
+	// Only the server's end cancels c.ctx before the handshake returns, and
+	// a child of c.ctx would leave c.ctx a map of children for the rest of
+	// the connection.
+	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.HelloTimeout)
 	defer cancel()
 	st, err := c.tr.AcceptStream(ctx)
 	if err != nil {
@@ -166,10 +182,8 @@ func (c *conn) handshake() (*stream.Reader, error) {
 		return nil, err
 	}
 	c.authMu.Lock()
-	c.user = reply.User // under authMu for DisconnectUser; set before any reader starts
+	c.user = reply.User // under authMu for DisconnectUser and logger; set before any reader starts
 	c.authMu.Unlock()
-	// Before setAuth: its expiry timer logs with c.log.
-	c.log = c.log.With("user", c.user, "client", hello.ClientId, "device", hello.DeviceId)
 	c.setAuth(reply)
 	c.control.Store(control)
 	cfg := &c.s.cfg
@@ -194,29 +208,20 @@ func (c *conn) handshake() (*stream.Reader, error) {
 		return nil, err
 	}
 	c.remote = c.tr.RemoteAddr().String()
-	c.log.Debug("client connected")
-	return r, nil
+	c.logger().Debug("client connected")
+	return st, nil
 }
 
-func (c *conn) controlLoop(r *stream.Reader) error {
-	for {
-		f, err := r.ReadFrame()
-		if err != nil {
-			return err
-		}
-		switch b := f.Body.(type) {
-		case *pb.Frame_Refresh:
-			if err := c.refresh(b.Refresh.Token); err != nil {
-				return err
-			}
-		case *pb.Frame_Ping:
-			c.checkPath(int(b.Ping.PathChanges))
-			if err := c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}}); err != nil {
-				return err
-			}
-		default:
-			return stream.Unexpected(f, "on the control stream")
-		}
+// handleControl handles a frame of the control stream after the hello.
+func (c *conn) handleControl(f *pb.Frame) error {
+	switch b := f.Body.(type) {
+	case *pb.Frame_Refresh:
+		return c.refresh(b.Refresh.Token)
+	case *pb.Frame_Ping:
+		c.checkPath(int(b.Ping.PathChanges))
+		return c.control.Load().SendFrames(&pb.Frame{Body: &pb.Frame_Pong{Pong: &pb.Pong{Id: b.Ping.Id}}})
+	default:
+		return stream.Unexpected(f, "on the control stream")
 	}
 }
 
@@ -246,7 +251,7 @@ func (c *conn) setAuth(reply HelloReply) {
 	}
 	if !reply.ExpiresAt.IsZero() {
 		c.expires = time.AfterFunc(time.Until(reply.ExpiresAt), func() {
-			c.log.Info("token expired: closing")
+			c.logger().Info("token expired: closing")
 			c.closeWith(stream.Unauthorized, "token expired: connect again with a new token")
 		})
 	}
@@ -330,7 +335,7 @@ func (c *conn) sendDatagram(sess *session, channel string, body, frame []byte, c
 			c.s.counters.copiesFailed.Add(1) // the stream copy still goes
 			return true
 		}
-		sess.out.shed[channel]++
+		sess.out.shedOne(channel)
 		c.s.counters.droppableShed.Add(1)
 	}
 	return true
@@ -411,7 +416,7 @@ func (c *conn) checkPath(clientCount int) {
 	before := c.pathChanges
 	if addr := c.tr.RemoteAddr().String(); addr != c.remote {
 		c.pathChanges++
-		c.log.Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
+		c.logger().Info("client address changed", "from", c.remote, "to", addr, "changes", c.pathChanges)
 		c.remote = addr
 	}
 	if clientCount > c.pathChanges {
@@ -425,53 +430,72 @@ func (c *conn) checkPath(clientCount int) {
 }
 
 func (c *conn) acceptStreams() {
+	defer c.wg.Done()
 	for {
 		st, err := c.tr.AcceptStream(c.ctx)
 		if err != nil {
 			return
 		}
 		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			if err := c.serveStream(st); isStreamError(err) {
-				// The client reset this stream: it ends alone.
-				st.CancelWrite(stream.NoError)
-			} else {
-				c.fail(err)
-			}
-		}()
+		go c.serveStream(st)
 	}
 }
 
-// serveStream dispatches a client-opened stream on its first frame.
-func (c *conn) serveStream(st bidiStream) error {
-	r := stream.NewReader(st, 0)
-	f, err := r.ReadFrame()
-	if err != nil {
-		if err == io.EOF {
-			return nil
+// serveStream serves a client-opened stream until it ends. Its first frame
+// says what it is: a session, which reads frames for as long as the client
+// keeps it, or a request, served at once.
+func (c *conn) serveStream(st bidiStream) {
+	defer c.wg.Done()
+	var sess *session
+	err := readFrames(c.s.stacks, st, func(f *pb.Frame) error {
+		if sess != nil {
+			return sess.handle(f)
 		}
+		var err error
+		sess, err = c.openStream(st, f)
 		return err
+	})
+	switch {
+	case sess != nil && err == io.EOF:
+		sess.end() // the client ended the session: so do we
+		err = nil
+	case err == io.EOF || err == errServed:
+		err = nil
 	}
+	if sess != nil {
+		c.closeSession(sess)
+	}
+	if isStreamError(err) {
+		// The client reset this stream: it ends alone.
+		st.CancelWrite(stream.NoError)
+	} else {
+		c.fail(err)
+	}
+}
+
+// errServed ends a request stream once its answer is sent.
+var errServed = errors.New("stream served")
+
+// openStream dispatches a stream on its first frame: it opens a session, or
+// serves a request and returns errServed.
+func (c *conn) openStream(st bidiStream, f *pb.Frame) (*session, error) {
+	var err error
 	switch b := f.Body.(type) {
 	case *pb.Frame_SessionOpen:
-		sess := c.openSession(st, b.SessionOpen.Name)
-		defer c.closeSession(sess)
-		err := sess.run(r)
-		if err == io.EOF {
-			sess.end() // the client ended the session: so do we
-			return nil
-		}
-		return err
+		return c.openSession(st, b.SessionOpen.Name), nil
 	case *pb.Frame_RepairRequest:
-		return c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
+		err = c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
 	case *pb.Frame_InboxPull:
-		return c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
+		err = c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
 	case *pb.Frame_InboxCountRequest:
-		return c.serveInboxCount(st, b.InboxCountRequest)
+		err = c.serveInboxCount(st, b.InboxCountRequest)
 	default:
-		return stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
+		return nil, stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
 	}
+	if err == nil {
+		err = errServed
+	}
+	return nil, err
 }
 
 func (c *conn) openSession(st bidiStream, name string) *session {
@@ -506,7 +530,7 @@ func (c *conn) fail(err error) {
 	}
 	var pe *stream.Error
 	if errors.As(err, &pe) && !pe.Remote {
-		c.log.Info("closing connection", "code", pe.Code, "reason", pe.Message)
+		c.logger().Info("closing connection", "code", pe.Code, "reason", pe.Message)
 		c.closeWith(pe.Code, pe.Message)
 		return
 	}
@@ -515,12 +539,12 @@ func (c *conn) fail(err error) {
 		// count and log the connection once.
 		if c.slowConsumer.CompareAndSwap(false, true) {
 			c.s.counters.slowConsumers.Add(1)
-			c.log.Warn("closing slow consumer", "queued", c.budget.Used())
+			c.logger().Warn("closing slow consumer", "queued", c.budget.Used())
 		}
 		c.closeWith(stream.SlowConsumer, "send queue full")
 		return
 	}
-	c.log.Debug("connection ended", "err", err)
+	c.logger().Debug("connection ended", "err", err)
 	c.closeWith(stream.NoError, "")
 }
 

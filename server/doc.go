@@ -22,6 +22,9 @@
 // or observe histograms, and the fan-out does so once per channel batch.
 //
 // Concurrency: a Server is safe for concurrent use. Each connection runs a
-// goroutine per open stream (none per subscription); Close waits for all of
-// them. Shutdown sends GOAWAY, waits for clients to leave, then closes.
+// goroutine per open stream (none per subscription), which only waits for
+// the next frame and hands it to a worker shared by all connections, so
+// that an idle stream's goroutine keeps the smallest stack (frames.go);
+// Close waits for all of them. Shutdown sends GOAWAY, waits for clients to
+// leave, then closes.
 package server

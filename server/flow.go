@@ -25,11 +25,21 @@ import (
 // (Shed) before the next droppable of that channel.
 
 // outbox is the session's state for the above, guarded by session.outMu.
+// Its maps exist only while they hold something: most sessions are never
+// behind and never shed.
 type outbox struct {
 	behind    map[string]*pb.HeadNotice // channel -> the head skipped up to
 	dropQ     []queuedDroppable
 	dropBytes int
 	shed      map[string]uint64 // shed, not yet told
+}
+
+// shedOne counts a droppable push of channel that was shed.
+func (o *outbox) shedOne(channel string) {
+	if o.shed == nil {
+		o.shed = map[string]uint64{}
+	}
+	o.shed[channel]++
 }
 
 type queuedDroppable struct {
@@ -86,6 +96,9 @@ func (s *session) pushReliable(channel string, epoch, head uint64, frames []byte
 	}
 	if s.send.Queued() > s.c.s.cfg.BehindBytes {
 		notice := &pb.HeadNotice{Channel: channel, Epoch: epoch, Head: head, Reason: pb.HeadNotice_REASON_BEHIND}
+		if s.out.behind == nil {
+			s.out.behind = map[string]*pb.HeadNotice{}
+		}
 		s.out.behind[channel] = &pb.HeadNotice{Channel: channel, Epoch: epoch, Head: head}
 		s.c.s.counters.behind.Add(1)
 		s.sendOrFail(mustFrame(&pb.Frame{Body: &pb.Frame_HeadNotice{HeadNotice: notice}}))
@@ -124,7 +137,7 @@ func (s *session) queueDroppable(channel string, frame []byte) {
 		oldest := s.out.dropQ[0]
 		s.out.dropQ = s.out.dropQ[1:]
 		s.out.dropBytes -= len(oldest.frame)
-		s.out.shed[oldest.channel]++
+		s.out.shedOne(oldest.channel)
 		s.c.s.counters.droppableShed.Add(1)
 	}
 }
@@ -141,16 +154,15 @@ func (s *session) onIdle() {
 // droppables; s.outMu held.
 func (s *session) flushOutbox() {
 	var out []byte
-	for channel, b := range s.out.behind {
+	for _, b := range s.out.behind {
 		b.Reason = pb.HeadNotice_REASON_RESUMED
 		out, _ = stream.AppendFrame(out, &pb.Frame{Body: &pb.Frame_HeadNotice{HeadNotice: b}})
-		delete(s.out.behind, channel)
 		s.c.s.counters.resumed.Add(1)
 	}
 	for channel, n := range s.out.shed {
 		out, _ = stream.AppendFrame(out, &pb.Frame{Body: &pb.Frame_Shed{Shed: &pb.Shed{Channel: channel, Count: n}}})
-		delete(s.out.shed, channel)
 	}
+	s.out.behind, s.out.shed = nil, nil
 	if len(out) > 0 {
 		s.sendOrFail(out)
 	}

@@ -197,6 +197,7 @@ type Server struct {
 	receipts *receipts
 	counters counters
 	metrics  *metrics
+	stacks   *stackPool // runs the stream readers' frames (frames.go)
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -227,6 +228,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[*quic.EarlyListener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
+	s.stacks = newStackPool(ctx, &s.wg)
 	if cfg.WebTransport != nil {
 		s.web = newWebServer(s)
 	}

@@ -30,16 +30,15 @@ type session struct {
 	work         sync.WaitGroup // the chat loop and read receipts, answered before end's FIN
 
 	pubMu      sync.Mutex
-	pubCond    *sync.Cond // signalled when publishing ends
+	pubCond    sync.Cond // signalled when publishing ends; L is pubMu
 	pubQueue   []*pb.Publish
 	inFlight   int // queued plus being appended
 	publishing bool
 }
 
 func newSession(c *conn, st bidiStream, name string) *session {
-	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8),
-		out: outbox{behind: map[string]*pb.HeadNotice{}, shed: map[string]uint64{}}}
-	s.pubCond = sync.NewCond(&s.pubMu)
+	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8)}
+	s.pubCond.L = &s.pubMu
 	s.send = stream.NewSender(st, c.budget, func(err error) {
 		if isStreamError(err) {
 			// The client reset or stopped this stream: end the session
@@ -78,48 +77,42 @@ func (s *session) replyError(e *stream.Error, requestID uint64, channel string) 
 	return s.reply(f)
 }
 
-func (s *session) run(r *stream.Reader) error {
-	for {
-		f, err := r.ReadFrame()
-		if err != nil {
-			return err
-		}
-		switch b := f.Body.(type) {
-		case *pb.Frame_Subscribe:
-			err = s.subscribe(b.Subscribe)
-		case *pb.Frame_Unsubscribe:
-			s.unsubscribe(b.Unsubscribe.Channel)
-		case *pb.Frame_Ack:
-			err = s.ack(b.Ack)
-		case *pb.Frame_Publish:
-			err = s.publish(b.Publish)
-		case *pb.Frame_ChatSend:
-			err = s.chatSend(b.ChatSend)
-		case *pb.Frame_ReceiptRead:
-			// Off the reader (it reads and writes the store), but at most
-			// a few at a time: a client that floods receipts waits here.
-			s.receiptSlots <- struct{}{}
-			s.c.wg.Add(1)
-			s.work.Add(1)
-			go func() {
-				defer s.c.wg.Done()
-				defer s.work.Done()
-				defer func() { <-s.receiptSlots }()
-				s.receiptRead(b.ReceiptRead)
-			}()
-		case *pb.Frame_PresenceWatch:
-			err = s.watchPresence(b.PresenceWatch)
-		case *pb.Frame_PresenceUnwatch:
-			s.c.s.presence.unwatch(s, b.PresenceUnwatch.Channel)
-		case *pb.Frame_PresenceList:
-			err = s.listPresence(b.PresenceList)
-		default:
-			err = stream.Unexpected(f, "on a session stream")
-		}
-		if err != nil {
-			return err
-		}
+// handle handles a frame of the session stream after session_open.
+func (s *session) handle(f *pb.Frame) error {
+	var err error
+	switch b := f.Body.(type) {
+	case *pb.Frame_Subscribe:
+		err = s.subscribe(b.Subscribe)
+	case *pb.Frame_Unsubscribe:
+		s.unsubscribe(b.Unsubscribe.Channel)
+	case *pb.Frame_Ack:
+		err = s.ack(b.Ack)
+	case *pb.Frame_Publish:
+		err = s.publish(b.Publish)
+	case *pb.Frame_ChatSend:
+		err = s.chatSend(b.ChatSend)
+	case *pb.Frame_ReceiptRead:
+		// Off the reader (it reads and writes the store), but at most
+		// a few at a time: a client that floods receipts waits here.
+		s.receiptSlots <- struct{}{}
+		s.c.wg.Add(1)
+		s.work.Add(1)
+		go func() {
+			defer s.c.wg.Done()
+			defer s.work.Done()
+			defer func() { <-s.receiptSlots }()
+			s.receiptRead(b.ReceiptRead)
+		}()
+	case *pb.Frame_PresenceWatch:
+		err = s.watchPresence(b.PresenceWatch)
+	case *pb.Frame_PresenceUnwatch:
+		s.c.s.presence.unwatch(s, b.PresenceUnwatch.Channel)
+	case *pb.Frame_PresenceList:
+		err = s.listPresence(b.PresenceList)
+	default:
+		err = stream.Unexpected(f, "on a session stream")
 	}
+	return err
 }
 
 func (s *session) subscribe(req *pb.Subscribe) error {
@@ -140,7 +133,7 @@ func (s *session) subscribe(req *pb.Subscribe) error {
 	ctx := s.c.ctx
 	storeErr := func(err error) error {
 		s.forget(req.Channel)
-		s.c.log.Warn("subscribe failed", "channel", req.Channel, "err", err)
+		s.c.logger().Warn("subscribe failed", "channel", req.Channel, "err", err)
 		e := stream.Errorf(stream.StoreUnavailable, "cannot read %s: %v", req.Channel, err)
 		e.RetryAfterMs = 1000
 		return s.replyError(e, req.RequestId, req.Channel)
