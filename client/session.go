@@ -233,18 +233,19 @@ func (s *Session) channel(name string) *channel {
 // channelCache is the reader's last lookup, valid while the session's
 // channels stay as they were: pushes come channel after channel, and
 // looking each one up would take the session's lock, which the handlers'
-// acks take too.
+// acks take too. It compares with the channel's own name: a decoded
+// push's Channel aliases the read buffer, which the next frame overwrites.
 type channelCache struct {
-	name string
-	ch   *channel
-	gen  uint64
+	ch  *channel
+	gen uint64
 }
 
 func (c *channelCache) get(s *Session, name string) *channel {
+	// gen is read first: a change made during the lookup makes the next
+	// get look again.
 	gen := s.channelsGen.Load()
-	if c.ch == nil || c.gen != gen || c.name != name {
-		// Read gen first: a change made meanwhile makes the next get look again.
-		c.name, c.ch, c.gen = name, s.channel(name), gen
+	if c.ch == nil || c.gen != gen || c.ch.name != name {
+		c.ch, c.gen = s.channel(name), gen
 	}
 	return c.ch
 }

@@ -141,6 +141,14 @@ func (c *conn) logger() *slog.Logger {
 	return l
 }
 
+// debug logs at debug level: every connection does, at its start and end,
+// so the logger is built only when that level is on.
+func (c *conn) debug(msg string, args ...any) {
+	if c.s.log.Enabled(c.s.ctx, slog.LevelDebug) {
+		c.logger().Debug(msg, args...)
+	}
+}
+
 // handshake reads the Hello on the control stream and answers Welcome; it
 // returns the control stream.
 func (c *conn) handshake() (bidiStream, error) {
@@ -208,7 +216,7 @@ func (c *conn) handshake() (bidiStream, error) {
 		return nil, err
 	}
 	c.remote = c.tr.RemoteAddr().String()
-	c.logger().Debug("client connected")
+	c.debug("client connected")
 	return st, nil
 }
 
@@ -544,7 +552,7 @@ func (c *conn) fail(err error) {
 		c.closeWith(stream.SlowConsumer, "send queue full")
 		return
 	}
-	c.logger().Debug("connection ended", "err", err)
+	c.debug("connection ended", "err", err)
 	c.closeWith(stream.NoError, "")
 }
 
