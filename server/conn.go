@@ -463,11 +463,14 @@ func (c *conn) serveStream(st bidiStream) {
 		sess, err = c.openStream(st, f)
 		return err
 	})
+	if req, ok := err.(request); ok {
+		err = c.serveRequest(st, req.f)
+	}
 	switch {
 	case sess != nil && err == io.EOF:
 		sess.end() // the client ended the session: so do we
 		err = nil
-	case err == io.EOF || err == errServed:
+	case err == io.EOF:
 		err = nil
 	}
 	if sess != nil {
@@ -481,29 +484,36 @@ func (c *conn) serveStream(st bidiStream) {
 	}
 }
 
-// errServed ends a request stream once its answer is sent.
-var errServed = errors.New("stream served")
+// request ends readFrames on a request stream's first frame: the stream's
+// own goroutine serves it, as it ends with the stream (a pool worker would
+// be held while the stream's goroutine waits for it).
+type request struct{ f *pb.Frame }
 
-// openStream dispatches a stream on its first frame: it opens a session, or
-// serves a request and returns errServed.
+func (request) Error() string { return "request stream" }
+
+// openStream dispatches a stream on its first frame: it opens a session,
+// or returns the request to serve.
 func (c *conn) openStream(st bidiStream, f *pb.Frame) (*session, error) {
-	var err error
 	switch b := f.Body.(type) {
 	case *pb.Frame_SessionOpen:
 		return c.openSession(st, b.SessionOpen.Name), nil
-	case *pb.Frame_RepairRequest:
-		err = c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
-	case *pb.Frame_InboxPull:
-		err = c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
-	case *pb.Frame_InboxCountRequest:
-		err = c.serveInboxCount(st, b.InboxCountRequest)
+	case *pb.Frame_RepairRequest, *pb.Frame_InboxPull, *pb.Frame_InboxCountRequest:
+		return nil, request{f}
 	default:
 		return nil, stream.Unexpected(f, "as the first frame of a stream (want session_open, repair_request, inbox_pull or inbox_count_request)")
 	}
-	if err == nil {
-		err = errServed
+}
+
+// serveRequest answers a request stream's first frame and closes the stream.
+func (c *conn) serveRequest(st bidiStream, f *pb.Frame) error {
+	switch b := f.Body.(type) {
+	case *pb.Frame_RepairRequest:
+		return c.pull(func() error { return c.serveRepair(st, b.RepairRequest) })
+	case *pb.Frame_InboxPull:
+		return c.pull(func() error { return c.serveInboxPull(st, b.InboxPull) })
+	default:
+		return c.serveInboxCount(st, f.GetInboxCountRequest())
 	}
-	return nil, err
 }
 
 func (c *conn) openSession(st bidiStream, name string) *session {

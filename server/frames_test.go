@@ -126,8 +126,9 @@ func TestReadFramesErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkReadFrames prints what a received frame costs with a goroutine
-// of its own (readFrames) and read and decoded on the reader's (direct).
+// BenchmarkReadFrames prints what a received frame costs handled on a pool
+// worker (readFrames) and read and decoded on the reader's goroutine
+// (direct).
 func BenchmarkReadFrames(b *testing.B) {
 	const n = 1000
 	frames, _ := pings(b, n)

@@ -197,7 +197,7 @@ type Server struct {
 	receipts *receipts
 	counters counters
 	metrics  *metrics
-	stacks   *stackPool // runs the stream readers' frames (frames.go)
+	stacks   *stackPool // runs the handshakes and the stream readers' frames (frames.go)
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
