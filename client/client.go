@@ -328,7 +328,9 @@ func (c *Client) run(conn *connection) {
 			attempt = min(2*attempt, c.cfg.DialTimeout)
 			backoff = min(2*backoff, c.cfg.ReconnectMax)
 			if err == nil {
-				c.attach(conn)
+				if !c.attach(conn) {
+					return // closed meanwhile
+				}
 				break
 			}
 			if code, ok := stream.CodeOf(err); ok && code.Terminal() && !c.renewable(err) {
@@ -378,12 +380,22 @@ func (c *Client) closedErr() error {
 }
 
 // attach makes conn current and resumes every session on it.
-func (c *Client) attach(conn *connection) {
+// attach makes conn the current connection and resumes the sessions on
+// it. Once the Client is closed it closes conn instead and returns false: a
+// reconnect that succeeded while Close ran, after Close looked for the
+// current connection, would otherwise stay open with nobody to close it,
+// and Close would wait for its goroutines forever.
+func (c *Client) attach(conn *connection) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		conn.close(stream.NoError, "client closed")
+		return false
+	}
 	c.stats.connects.Add(1)
 	if conn.qc.ConnectionState().Used0RTT {
 		c.stats.used0RTT.Add(1)
 	}
-	c.mu.Lock()
 	c.cur = conn
 	sessions := make([]*Session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -395,6 +407,7 @@ func (c *Client) attach(conn *connection) {
 		s.resume(conn)
 	}
 	c.notify(Connected)
+	return true
 }
 
 func (c *Client) detach(conn *connection) {
