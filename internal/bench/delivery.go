@@ -90,7 +90,7 @@ func openSide(ctx context.Context, cfg *Config, kind string, st *status) (*side,
 	st.set(func() string {
 		return fmt.Sprintf("%s: connecting subscribers: %d/%d", kind, connected.Load(), cfg.Subscribers)
 	})
-	closeSubs, err := connectAll(ctx, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
+	closeSubs, err := connectAll(ctx, cfg.Logger, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
 		return sys.subscribe(ctx, i, func(p []byte) { s.tr.deliver(i, p) })
 	}, func(n int) { connected.Store(int64(n)) })
 	if err != nil {

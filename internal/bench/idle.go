@@ -44,7 +44,7 @@ func idle(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	}
 	var connected atomic.Int64
 	st.set(func() string { return fmt.Sprintf("connecting: %d/%d", connected.Load(), cfg.Subscribers) })
-	closeAll, err := connectAll(ctx, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
+	closeAll, err := connectAll(ctx, cfg.Logger, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
 		return sys.subscribe(ctx, i, func([]byte) {})
 	}, func(n int) { connected.Store(int64(n)) })
 	if err := errors.Join(err, stopProfile()); err != nil {

@@ -106,19 +106,37 @@ func (s quicpushSystem) publisher(ctx context.Context) (publishFunc, func(), err
 
 func msgID(idx uint64) string { return "m-" + strconv.FormatUint(idx, 10) }
 
+// closeWait bounds how long closeAll waits for the clients to close: a
+// client that does not would otherwise hold the bench forever.
+const closeWait = time.Minute
+
 // connectAll connects n subscribers, a few at a time: quic-go's accept
 // queue holds 32 finished handshakes, and a burst beyond it is refused.
-func connectAll(ctx context.Context, n int, connect func(ctx context.Context, i int) (func(), error), progress func(done int)) (closeAll func(), err error) {
+func connectAll(ctx context.Context, log *slog.Logger, n int, connect func(ctx context.Context, i int) (func(), error), progress func(done int)) (closeAll func(), err error) {
 	const parallel = 16
 	closers := make([]func(), n)
 	closeAll = func() {
+		var open atomic.Int64
+		done := make(chan struct{})
 		var wg sync.WaitGroup
 		for _, c := range closers {
 			if c != nil {
-				wg.Go(c)
+				open.Add(1)
+				wg.Go(func() {
+					c()
+					open.Add(-1)
+				})
 			}
 		}
-		wg.Wait()
+		go func() {
+			wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(closeWait):
+			log.Error("clients did not close: not waiting for them", "open", open.Load(), "after", closeWait)
+		}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

@@ -33,7 +33,7 @@ func repair(ctx context.Context, cfg *Config, kind string) (Figures, error) {
 	var connected atomic.Int64
 	st.set(func() string { return fmt.Sprintf("connecting subscribers: %d/%d", connected.Load(), cfg.Subscribers) })
 	clients := make([]*client.Client, cfg.Subscribers)
-	closeAll, err := connectAll(ctx, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
+	closeAll, err := connectAll(ctx, cfg.Logger, cfg.Subscribers, func(ctx context.Context, i int) (func(), error) {
 		c, err := qs.dial(ctx, "sub-"+strconv.Itoa(i))
 		if err != nil {
 			return nil, err
