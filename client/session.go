@@ -283,9 +283,7 @@ func (s *Session) refused(channel string, e *stream.Error) {
 	s.mu.Lock()
 	ch := s.channels[channel]
 	if ch != nil {
-		delete(s.channels, channel)
-		s.channelsGen.Add(1)
-		s.c.release(channel)
+		s.forget(channel)
 	}
 	wait := s.subWait[channel]
 	delete(s.subWait, channel)
@@ -309,16 +307,7 @@ func (s *Session) refused(channel string, e *stream.Error) {
 // stop ends a subscription whose handler returned err; called on the
 // channel's own goroutine.
 func (s *Session) stop(ch *channel, err error) {
-	s.mu.Lock()
-	if s.channels[ch.name] == ch {
-		delete(s.channels, ch.name)
-		s.channelsGen.Add(1)
-		s.c.release(ch.name)
-		if s.send != nil {
-			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: ch.name}}})
-		}
-	}
-	s.mu.Unlock()
+	s.unsubscribe(ch)
 	ch.shutdown()
 	if ch.onError != nil {
 		ch.onError(err)
@@ -443,18 +432,30 @@ func (s *Session) answerSubscribe(channel string, err error) {
 
 // Close ends the subscription; messages not yet handled are not handed over.
 func (sub *Subscription) Close() {
-	s := sub.s
-	s.mu.Lock()
-	if s.channels[sub.ch.name] == sub.ch {
-		delete(s.channels, sub.ch.name)
-		s.channelsGen.Add(1)
-		s.c.release(sub.ch.name)
-		if s.send != nil {
-			s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: sub.ch.name}}})
-		}
-	}
-	s.mu.Unlock()
+	sub.s.unsubscribe(sub.ch)
 	sub.ch.close()
+}
+
+// unsubscribe takes ch out of the session, if it is still its channel,
+// and tells the server.
+func (s *Session) unsubscribe(ch *channel) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.channels[ch.name] != ch {
+		return
+	}
+	s.forget(ch.name)
+	if s.send != nil {
+		s.send.SendFrames(&pb.Frame{Body: &pb.Frame_Unsubscribe{Unsubscribe: &pb.Unsubscribe{Channel: ch.name}}})
+	}
+}
+
+// forget removes channel from the session and frees its name in the
+// client; s.mu held.
+func (s *Session) forget(channel string) {
+	delete(s.channels, channel)
+	s.channelsGen.Add(1)
+	s.c.release(channel)
 }
 
 // maxAckHold is how many ack delays a pending ack may wait while the

@@ -18,6 +18,34 @@ const drainTimeout = 30 * time.Second
 // weighs on both alike.
 var sliceOrder = []int{0, 1, 1, 0}
 
+// slicesOf is the order in which n sides are measured: sliceOrder for two,
+// the one slice of a side alone.
+func slicesOf(n int) []int {
+	if n > 1 {
+		return sliceOrder
+	}
+	return []int{0}
+}
+
+// openSides opens a side per kind, in order. closeAll closes them; on an
+// error, the ones already opened are closed.
+func openSides[S interface{ close() }](kinds []string, open func(kind string) (S, error)) (sides []S, closeAll func(), err error) {
+	closeAll = func() {
+		for _, s := range sides {
+			s.close()
+		}
+	}
+	for _, kind := range kinds {
+		s, err := open(kind)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		sides = append(sides, s)
+	}
+	return sides, closeAll, nil
+}
+
 // delivery measures fanout and latency for each kind of server: Subscribers
 // on one channel, one publisher, numbered messages carrying their send
 // time. Both servers and their clients are set up first; then each is
@@ -25,24 +53,12 @@ var sliceOrder = []int{0, 1, 1, 0}
 func delivery(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, error) {
 	st := startStatus(cfg, strings.Join(kinds, "+"))
 	defer st.end()
-	sides := make([]*side, len(kinds))
-	defer func() {
-		for _, s := range sides {
-			if s != nil {
-				s.close()
-			}
-		}
-	}()
-	for i, kind := range kinds {
-		var err error
-		if sides[i], err = openSide(ctx, cfg, kind, st); err != nil {
-			return nil, err
-		}
+	sides, closeAll, err := openSides(kinds, func(kind string) (*side, error) { return openSide(ctx, cfg, kind, st) })
+	if err != nil {
+		return nil, err
 	}
-	order := []int{0}
-	if len(kinds) > 1 {
-		order = sliceOrder
-	}
+	defer closeAll()
+	order := slicesOf(len(kinds))
 	slice := cfg.Duration * time.Duration(len(kinds)) / time.Duration(len(order))
 	for n, i := range order {
 		first := n == slices.Index(order, i)

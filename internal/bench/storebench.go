@@ -56,24 +56,12 @@ const (
 func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, error) {
 	st := startStatus(cfg, strings.Join(kinds, "+"))
 	defer st.end()
-	sides := make([]*storeSide, len(kinds))
-	defer func() {
-		for _, s := range sides {
-			if s != nil {
-				s.close()
-			}
-		}
-	}()
-	for i, kind := range kinds {
-		var err error
-		if sides[i], err = openStoreSide(cfg, kind); err != nil {
-			return nil, err
-		}
+	sides, closeAll, err := openSides(kinds, func(kind string) (*storeSide, error) { return openStoreSide(cfg, kind) })
+	if err != nil {
+		return nil, err
 	}
-	order := []int{0}
-	if len(kinds) > 1 {
-		order = sliceOrder
-	}
+	defer closeAll()
+	order := slicesOf(len(kinds))
 	slice := cfg.Duration * time.Duration(len(kinds)) / time.Duration(len(order))
 	// Every warm-up and slice appends as many messages, so that both stores
 	// hold as much at each turn, and flush their memtables and compact in
@@ -122,7 +110,6 @@ func storeBench(ctx context.Context, cfg *Config, kinds ...string) ([]Figures, e
 	for i, s := range sides {
 		figs[i] = s.figures()
 	}
-	var err error
 	figs[0].Read, figs[0].RangePerSec, err = readBack(ctx, cfg, st, sides[0].db)
 	return figs, err
 }
