@@ -403,7 +403,7 @@ func (r *receipts) issue(ctx context.Context, user string, pos store.Position) e
 			countNew(&r.s.metrics.chat.delivered, res)
 		}
 		last := msgs[len(msgs)-1].Seq
-		if err := st.SetCursor(ctx, user, receiptCursor(inbox), store.Position{Epoch: b.Epoch, Seq: last}); err != nil {
+		if err := st.SetCursors(ctx, []store.Cursor{{User: user, Channel: receiptCursor(inbox), Pos: store.Position{Epoch: b.Epoch, Seq: last}}}); err != nil {
 			return err
 		}
 		from = last + 1

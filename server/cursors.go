@@ -10,7 +10,8 @@ import (
 )
 
 // cursorWriter coalesces acknowledged positions so that a stream of acks
-// costs at most one store write per (user, channel) per interval.
+// costs one store write per interval: at most one cursor per (user,
+// channel), all of them in one call.
 type cursorWriter struct {
 	store    Store
 	interval time.Duration
@@ -83,16 +84,25 @@ func (w *cursorWriter) flush(ctx context.Context) {
 		w.writing = nil
 		w.mu.Unlock()
 	}()
+	if len(dirty) == 0 {
+		return
+	}
+	cursors := make([]store.Cursor, 0, len(dirty))
 	for k, pos := range dirty {
-		if err := w.store.SetCursor(ctx, k.user, k.channel, pos); err != nil {
-			if ctx.Err() == nil { // else: closing, and Close flushes once more
-				w.log.Warn("cannot save cursor, will retry", "user", k.user, "channel", k.channel, "err", err)
-			}
-			w.mu.Lock()
+		cursors = append(cursors, store.Cursor{User: k.user, Channel: k.channel, Pos: pos})
+	}
+	// One call: the whole interval's acks cost a commit (an fsync), not
+	// one each.
+	if err := w.store.SetCursors(ctx, cursors); err != nil {
+		if ctx.Err() == nil { // else: closing, and Close flushes once more
+			w.log.Warn("cannot save cursors, will retry", "cursors", len(cursors), "err", err)
+		}
+		w.mu.Lock()
+		for k, pos := range dirty {
 			if _, newer := w.dirty[k]; !newer {
 				w.dirty[k] = pos
 			}
-			w.mu.Unlock()
 		}
+		w.mu.Unlock()
 	}
 }

@@ -21,9 +21,10 @@ type Store interface {
 	Range(ctx context.Context, channel string, from, to uint64, limit int) ([]store.Message, error)
 	// Bounds returns the channel's epoch, first retained and last committed seq.
 	Bounds(ctx context.Context, channel string) (store.Bounds, error)
-	// SetCursor records that user has handled channel up to pos. It never
-	// moves a cursor backwards within an epoch.
-	SetCursor(ctx context.Context, user, channel string, pos store.Position) error
+	// SetCursors records each user's position on a channel. It never moves
+	// a cursor backwards within an epoch. Many cursors in one call cost
+	// few durable commits.
+	SetCursors(ctx context.Context, cursors []store.Cursor) error
 	// Cursor returns user's acknowledged position on channel (zero if none).
 	Cursor(ctx context.Context, user, channel string) (store.Position, error)
 	// Watch calls fn with every batch of committed messages, in commit order

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -385,37 +386,63 @@ func (db *DB) Range(ctx context.Context, channel string, from, to uint64, limit 
 	return msgs, nil
 }
 
-// SetCursor records that user has handled channel up to pos. Within one
-// epoch it never moves the cursor backwards; a different epoch replaces it.
-func (db *DB) SetCursor(ctx context.Context, user, channel string, pos Position) error {
-	if err := checkCursorNames(user, channel); err != nil {
-		return err
+// cursorsPerTxn bounds a transaction of SetCursors: at the longest names
+// (2 x MaxNameLen per key) 1000 cursors are ~2 MB, well inside the batch
+// Badger accepts with its default 64 MB memtable.
+const cursorsPerTxn = 1000
+
+// SetCursors records, for each cursor, that its user has handled its
+// channel up to its position. Within one epoch it never moves a cursor
+// backwards; a different epoch replaces it. The cursors are written in as
+// few durable commits as Badger allows (one per cursorsPerTxn), which is
+// why the server saves the acks of an interval with one call.
+func (db *DB) SetCursors(ctx context.Context, cursors []Cursor) error {
+	for _, c := range cursors {
+		if err := checkCursorNames(c.User, c.Channel); err != nil {
+			return err
+		}
 	}
 	leave, err := db.enter()
 	if err != nil {
 		return err
 	}
 	defer leave()
-	key := cursorKey(user, channel)
-	set := func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		if err == nil {
-			var cur Position
-			if err := item.Value(func(v []byte) (err error) {
-				cur, err = decodePosition(v)
-				return err
-			}); err != nil {
-				return err
-			}
-			if cur.Epoch == pos.Epoch && cur.Seq >= pos.Seq {
-				return nil
-			}
-		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+	for chunk := range slices.Chunk(cursors, cursorsPerTxn) {
+		if err := db.setCursors(ctx, chunk); err != nil {
 			return err
 		}
-		return txn.Set(key, encodePosition(pos))
 	}
-	// Concurrent SetCursors of one cursor conflict; every round, one wins.
+	return nil
+}
+
+// setCursors writes cursors in one transaction.
+func (db *DB) setCursors(ctx context.Context, cursors []Cursor) error {
+	set := func(txn *badger.Txn) error {
+		for _, c := range cursors {
+			key := cursorKey(c.User, c.Channel)
+			item, err := txn.Get(key)
+			if err == nil {
+				var cur Position
+				if err := item.Value(func(v []byte) (err error) {
+					cur, err = decodePosition(v)
+					return err
+				}); err != nil {
+					return err
+				}
+				if cur.Epoch == c.Pos.Epoch && cur.Seq >= c.Pos.Seq {
+					continue
+				}
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			if err := txn.Set(key, encodePosition(c.Pos)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Concurrent writes of one cursor conflict; every round, one wins.
+	var err error
 	for range 16 {
 		if err := ctx.Err(); err != nil {
 			return err

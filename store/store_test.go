@@ -122,7 +122,7 @@ func TestReopen(t *testing.T) {
 	require.NoError(t, err)
 	appendData(t, db, "a", "a1", "a2", "a3")
 	appendData(t, db, "b", "b1")
-	require.NoError(t, db.SetCursor(t.Context(), "alice", "a", store.Position{Epoch: 9, Seq: 2}))
+	require.NoError(t, db.SetCursors(t.Context(), []store.Cursor{{User: "alice", Channel: "a", Pos: store.Position{Epoch: 9, Seq: 2}}}))
 	ba, bb := bounds(t, db, "a"), bounds(t, db, "b")
 	require.NoError(t, db.Close())
 
@@ -162,7 +162,7 @@ func TestClose(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrClosed)
 	_, err = db.Bounds(ctx, "a")
 	require.ErrorIs(t, err, store.ErrClosed)
-	require.ErrorIs(t, db.SetCursor(ctx, "u", "a", store.Position{}), store.ErrClosed)
+	require.ErrorIs(t, db.SetCursors(ctx, []store.Cursor{{User: "u", Channel: "a"}}), store.ErrClosed)
 	_, err = db.Cursor(ctx, "u", "a")
 	require.ErrorIs(t, err, store.ErrClosed)
 	require.ErrorIs(t, db.RunRetention(ctx), store.ErrClosed)

@@ -57,6 +57,12 @@ type Position struct {
 	Seq   uint64
 }
 
+// Cursor is user's position on channel: what they have handled.
+type Cursor struct {
+	User, Channel string
+	Pos           Position
+}
+
 // Errors returned by stores. Implementations translate their engine's errors
 // into these (wrapping them with %w) at their boundary.
 var (

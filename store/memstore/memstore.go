@@ -263,22 +263,27 @@ func (s *Store) Range(ctx context.Context, channel string, from, to uint64, limi
 	return append([]store.Message(nil), c.msgs[from-c.first:to-c.first+1]...), nil
 }
 
-// SetCursor records that user has handled channel up to pos. Within one
-// epoch it never moves the cursor backwards; a different epoch replaces it.
-func (s *Store) SetCursor(ctx context.Context, user, channel string, pos store.Position) error {
-	if err := checkCursorNames(user, channel); err != nil {
-		return err
+// SetCursors records, for each cursor, that its user has handled its
+// channel up to its position. Within one epoch it never moves a cursor
+// backwards; a different epoch replaces it.
+func (s *Store) SetCursors(ctx context.Context, cursors []store.Cursor) error {
+	for _, c := range cursors {
+		if err := checkCursorNames(c.User, c.Channel); err != nil {
+			return err
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := cursorKey{user, channel}
-	if cur, ok := s.cursors[k]; ok && cur.Epoch == pos.Epoch && cur.Seq >= pos.Seq {
-		return nil
+	for _, c := range cursors {
+		k := cursorKey{c.User, c.Channel}
+		if cur, ok := s.cursors[k]; ok && cur.Epoch == c.Pos.Epoch && cur.Seq >= c.Pos.Seq {
+			continue
+		}
+		s.cursors[k] = c.Pos
 	}
-	s.cursors[k] = pos
 	return nil
 }
 

@@ -330,8 +330,13 @@ func testInvalid(t *testing.T, s Store) {
 		require.ErrorIs(t, err, store.ErrInvalid)
 	}
 	require.Equal(t, store.Bounds{First: 1}, bounds(t, s, "c"), "nothing stored")
-	require.ErrorIs(t, s.SetCursor(ctx, "", "c", store.Position{Epoch: 1, Seq: 1}), store.ErrInvalid)
-	require.ErrorIs(t, s.SetCursor(ctx, "u", long, store.Position{Epoch: 1, Seq: 1}), store.ErrInvalid)
+	for _, c := range []store.Cursor{{Channel: "c"}, {User: "u", Channel: long}} {
+		ok := store.Cursor{User: "u", Channel: "ok", Pos: store.Position{Epoch: 1, Seq: 1}}
+		require.ErrorIs(t, s.SetCursors(ctx, []store.Cursor{ok, c}), store.ErrInvalid)
+		pos, err := s.Cursor(ctx, "u", "ok")
+		require.NoError(t, err)
+		require.Zero(t, pos, "a batch with an invalid cursor sets none")
+	}
 	res, err := s.Append(ctx, nil)
 	require.NoError(t, err)
 	require.Empty(t, res)
@@ -449,7 +454,7 @@ func testCursors(t *testing.T, s Store) {
 	}
 	set := func(user, channel string, epoch, seq uint64) {
 		t.Helper()
-		require.NoError(t, s.SetCursor(ctx, user, channel, store.Position{Epoch: epoch, Seq: seq}))
+		require.NoError(t, s.SetCursors(ctx, []store.Cursor{{User: user, Channel: channel, Pos: store.Position{Epoch: epoch, Seq: seq}}}))
 	}
 	require.Zero(t, cursor("alice", "user/alice"))
 	set("alice", "user/alice", 7, 5)
@@ -473,11 +478,24 @@ func testCursors(t *testing.T, s Store) {
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
-			assert.NoError(t, s.SetCursor(ctx, "carol", "c", store.Position{Epoch: 1, Seq: uint64(10 + i)}))
+			assert.NoError(t, s.SetCursors(ctx, []store.Cursor{{User: "carol", Channel: "c", Pos: store.Position{Epoch: 1, Seq: uint64(10 + i)}}}))
 		})
 	}
 	wg.Wait()
 	require.Equal(t, store.Position{Epoch: 1, Seq: 17}, cursor("carol", "c"))
+
+	// Many cursors in one call (more than one transaction's worth), each
+	// with the same rules: one behind its stored position stays put.
+	var batch []store.Cursor
+	for i := range 2500 {
+		batch = append(batch, store.Cursor{User: fmt.Sprint("u", i), Channel: "room/big", Pos: store.Position{Epoch: 3, Seq: uint64(i + 1)}})
+	}
+	batch = append(batch, store.Cursor{User: "alice", Channel: "user/alice", Pos: store.Position{Epoch: 8, Seq: 1}})
+	require.NoError(t, s.SetCursors(ctx, batch))
+	for _, i := range []int{0, 999, 1000, 2499} {
+		require.Equal(t, store.Position{Epoch: 3, Seq: uint64(i + 1)}, cursor(fmt.Sprint("u", i), "room/big"))
+	}
+	require.Equal(t, store.Position{Epoch: 8, Seq: 2}, cursor("alice", "user/alice"), "never backwards within an epoch")
 }
 
 // testRetentionByCount: retention keeps the newest MaxMessages, moves First
