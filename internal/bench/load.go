@@ -37,7 +37,7 @@ func newSystem(cfg *Config, p *serverProc, channel string) (system, error) {
 	}
 	tlsConf := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	if p.kind == KindRaw {
-		return rawSystem{addr: p.addr, tls: tlsConf, size: pushSize(channel, cfg.Size)}, nil
+		return rawSystem{addr: p.addr, tls: tlsConf, log: cfg.Logger, size: pushSize(channel, cfg.Size)}, nil
 	}
 	return quicpushSystem{addr: p.addr, tls: tlsConf, log: cfg.Logger, channel: channel}, nil
 }

@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -161,6 +164,7 @@ func appendRawMessage(b []byte, r *bufio.Reader) ([]byte, error) {
 type rawSystem struct {
 	addr string
 	tls  *tls.Config
+	log  *slog.Logger
 	size int // bytes of a message on the wire, as quicpush's push frame
 }
 
@@ -186,32 +190,47 @@ func (s rawSystem) dial(ctx context.Context, role byte) (*quic.Conn, *quic.Strea
 	return conn, st, nil
 }
 
-func (s rawSystem) subscribe(ctx context.Context, _ int, deliver func([]byte)) (func(), error) {
+func (s rawSystem) subscribe(ctx context.Context, i int, deliver func([]byte)) (func(), error) {
 	conn, st, err := s.dial(ctx, rawSubscriber)
 	if err != nil {
 		return nil, err
 	}
+	var closing atomic.Bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r := bufio.NewReader(st)
-		var buf []byte
-		for {
-			n, err := quicvarint.Read(r)
-			if err != nil || n > stream.MaxMessageSize {
-				return
-			}
-			buf = append(buf[:0], make([]byte, n)...)
-			if _, err := io.ReadFull(r, buf); err != nil {
-				return
-			}
-			deliver(buf)
+		err := readRaw(st, deliver)
+		if !closing.Load() {
+			// Nothing reconnects a raw subscriber: the messages it misses
+			// stall the run, which then fails; this says why.
+			s.log.Warn("raw subscriber stopped reading", "subscriber", i, "err", err)
 		}
 	}()
 	return func() {
+		closing.Store(true)
 		conn.CloseWithError(0, "")
 		<-done
 	}, nil
+}
+
+// readRaw hands each message read from st to deliver until an error.
+func readRaw(st io.Reader, deliver func([]byte)) error {
+	r := bufio.NewReader(st)
+	var buf []byte
+	for {
+		n, err := quicvarint.Read(r)
+		if err != nil {
+			return err
+		}
+		if n > stream.MaxMessageSize {
+			return fmt.Errorf("raw message of %d bytes", n)
+		}
+		buf = append(buf[:0], make([]byte, n)...)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return err
+		}
+		deliver(buf)
+	}
 }
 
 func (s rawSystem) publisher(ctx context.Context) (publishFunc, func(), error) {
