@@ -2,7 +2,6 @@ package stream_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
@@ -13,7 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/quicpush/quicpush/certs"
+	"github.com/quicpush/quicpush/certs/certstest"
 	"github.com/quicpush/quicpush/stream"
 )
 
@@ -21,21 +20,15 @@ import (
 // reading end, with small flow-control windows so that writes block often.
 func senderPair(t *testing.T) (*stream.Sender, *quic.Stream) {
 	t.Helper()
-	dev, err := certs.EnsureDev(t.TempDir(), []string{"127.0.0.1"})
-	require.NoError(t, err)
-	cert, err := tls.LoadX509KeyPair(dev.Cert, dev.Key)
-	require.NoError(t, err)
-	pool, err := certs.CAPool(dev.CA)
-	require.NoError(t, err)
-	const proto = "sender-test"
+	serverTLS, clientTLS := certstest.Configs(t, "sender-test")
 	small := &quic.Config{InitialStreamReceiveWindow: 16 << 10, MaxStreamReceiveWindow: 16 << 10,
 		InitialConnectionReceiveWindow: 32 << 10, MaxConnectionReceiveWindow: 32 << 10}
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{proto}}, nil)
+	ln, err := quic.ListenAddr("127.0.0.1:0", serverTLS, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	client, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{proto}}, small)
+	client, err := quic.DialAddr(ctx, ln.Addr().String(), clientTLS, small)
 	require.NoError(t, err)
 	t.Cleanup(func() { client.CloseWithError(0, "") })
 	server, err := ln.Accept(ctx)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -22,7 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/quicpush/quicpush/certs"
+	"github.com/quicpush/quicpush/certs/certstest"
 	"github.com/quicpush/quicpush/internal/netem"
 )
 
@@ -488,14 +487,8 @@ func nan() float64 {
 }
 
 func TestQUICThroughRelay(t *testing.T) {
-	dev, err := certs.EnsureDev(t.TempDir(), []string{"127.0.0.1"})
-	require.NoError(t, err)
-	cert, err := tls.LoadX509KeyPair(dev.Cert, dev.Key)
-	require.NoError(t, err)
-	pool, err := certs.CAPool(dev.CA)
-	require.NoError(t, err)
-	const proto = "netem-test"
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{proto}}, nil)
+	serverTLS, clientTLS := certstest.Configs(t, "netem-test")
+	ln, err := quic.ListenAddr("127.0.0.1:0", serverTLS, nil)
 	require.NoError(t, err)
 	defer ln.Close()
 
@@ -542,7 +535,7 @@ func TestQUICThroughRelay(t *testing.T) {
 
 	weak := netem.Link{Loss: 0.05, Delay: 20 * time.Millisecond, Reorder: 0.05, Duplicate: 0.01}
 	r := startRelay(t, netem.Config{Upstream: ln.Addr().String(), Seed: 7, Uplink: weak, Downlink: weak})
-	conn, err := quic.DialAddr(ctx, r.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{proto}}, nil)
+	conn, err := quic.DialAddr(ctx, r.Addr().String(), clientTLS, nil)
 	require.NoError(t, err)
 	defer conn.CloseWithError(0, "")
 	str, err := conn.OpenStreamSync(ctx)
