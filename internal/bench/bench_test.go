@@ -199,3 +199,20 @@ func TestTrackerSlots(t *testing.T) {
 	_, err = tr.expect(1 + flightSlots)
 	require.NoError(t, err)
 }
+
+// A run that waits in vain for a message says which subscribers lack it.
+func TestTrackerNamesMissingSubscribers(t *testing.T) {
+	tr := newTracker(8)
+	payload := make([]byte, 16)
+	for idx := uint64(1); idx <= 3; idx++ {
+		stamp(payload, idx, time.Now())
+		for i := range 8 {
+			if idx == 3 && (i == 2 || i == 5) {
+				continue // subscribers 2 and 5 never get message 3
+			}
+			tr.deliver(i, payload)
+		}
+	}
+	require.Equal(t, "2 (last got 2), 5 (last got 2)", tr.missing(3))
+	require.Empty(t, tr.missing(2))
+}

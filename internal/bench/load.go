@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,8 +188,9 @@ type tracker struct {
 const flightSlots = 1 << 16
 
 type subTrack struct {
-	mu  sync.Mutex
-	lat []time.Duration // of measured messages
+	last atomic.Uint64 // the highest message number received
+	mu   sync.Mutex
+	lat  []time.Duration // of measured messages
 }
 
 // flight is a message whose publisher waits for every subscriber to get it.
@@ -220,6 +223,9 @@ func (t *tracker) deliver(i int, payload []byte) {
 	sent := time.Unix(0, int64(binary.BigEndian.Uint64(payload)))
 	idx := binary.BigEndian.Uint64(payload[8:])
 	t.deliveries.Add(1)
+	if s := t.subs[i]; idx > s.last.Load() {
+		s.last.Store(idx) // only subscriber i's reader writes it
+	}
 	if idx >= t.from.Load() {
 		t.measured.Add(1)
 		s := t.subs[i]
@@ -230,6 +236,22 @@ func (t *tracker) deliver(i int, payload []byte) {
 	if f := t.inFlight[idx%flightSlots].Load(); f != nil && f.idx == idx && f.left.Add(-1) == 0 {
 		close(f.done)
 	}
+}
+
+// missing describes the subscribers that have not received message idx
+// (those whose highest received number is below it), for the error of a
+// run that waited for it in vain.
+func (t *tracker) missing(idx uint64) string {
+	var behind []string
+	for i, s := range t.subs {
+		if last := s.last.Load(); last < idx {
+			behind = append(behind, fmt.Sprintf("%d (last got %d)", i, last))
+		}
+	}
+	if len(behind) > 5 {
+		behind = append(behind[:5], fmt.Sprintf("and %d more", len(behind)-5))
+	}
+	return strings.Join(behind, ", ")
 }
 
 // expect registers message idx as in flight until every subscriber has it;
@@ -297,6 +319,10 @@ func (p *loadPublisher) windowed(ctx context.Context, until time.Time, last uint
 	var (
 		n  atomic.Int64
 		wg sync.WaitGroup
+		// stalled is the first message found undelivered at the
+		// deadline: the run's error says which, and who lacks it.
+		stalledMu sync.Mutex
+		stalled   uint64
 	)
 	for range p.cfg.Window {
 		wg.Go(func() {
@@ -317,6 +343,13 @@ func (p *loadPublisher) windowed(ctx context.Context, until time.Time, last uint
 				select {
 				case <-delivered:
 				case <-ctx.Done():
+					if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+						stalledMu.Lock()
+						if stalled == 0 || idx < stalled {
+							stalled = idx
+						}
+						stalledMu.Unlock()
+					}
 					cancel(fmt.Errorf("message %d did not reach every subscriber", idx))
 					return
 				}
@@ -324,6 +357,10 @@ func (p *loadPublisher) windowed(ctx context.Context, until time.Time, last uint
 		})
 	}
 	wg.Wait()
+	if stalled != 0 {
+		return n.Load(), fmt.Errorf("message %d had not reached every subscriber %v after the publishing ended; missing at subscriber %s",
+			stalled, publishGrace, p.tr.missing(stalled))
+	}
 	return n.Load(), context.Cause(ctx)
 }
 
