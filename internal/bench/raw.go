@@ -31,6 +31,9 @@ const (
 	rawALPN       = "quicpush-bench-raw"
 	rawSubscriber = 's'
 	rawPublisher  = 'p'
+	// rawSubscribed is the server's first byte to a subscriber: it is
+	// registered, and gets every message published from now on.
+	rawSubscribed = 'k'
 )
 
 // rawQUICConfig mirrors the quicpush server's quic.Config, so that both
@@ -103,6 +106,7 @@ func (s *rawServer) serve(conn *quic.Conn) {
 		// goroutine waits for the end: quic-go's own are all there is.
 		snd := stream.NewSender(st, nil, nil)
 		s.mu.Lock()
+		snd.Send([]byte{rawSubscribed}) // before any message: both under s.mu
 		s.subs[snd] = struct{}{}
 		s.mu.Unlock()
 		context.AfterFunc(conn.Context(), func() {
@@ -195,6 +199,13 @@ func (s rawSystem) subscribe(ctx context.Context, i int, deliver func([]byte)) (
 	if err != nil {
 		return nil, err
 	}
+	// Like quicpush's Subscribe, which returns once the server has
+	// registered the subscription: a subscriber counted before that would
+	// miss the first messages, and the run would wait for them forever.
+	if err := awaitSubscribed(st); err != nil {
+		conn.CloseWithError(0, "")
+		return nil, err
+	}
 	var closing atomic.Bool
 	done := make(chan struct{})
 	go func() {
@@ -211,6 +222,20 @@ func (s rawSystem) subscribe(ctx context.Context, i int, deliver func([]byte)) (
 		conn.CloseWithError(0, "")
 		<-done
 	}, nil
+}
+
+// awaitSubscribed reads the server's rawSubscribed byte.
+func awaitSubscribed(st *quic.Stream) error {
+	st.SetReadDeadline(time.Now().Add(dialTimeout))
+	defer st.SetReadDeadline(time.Time{})
+	var b [1]byte
+	if _, err := io.ReadFull(st, b[:]); err != nil {
+		return fmt.Errorf("raw subscribe: %w", err)
+	}
+	if b[0] != rawSubscribed {
+		return fmt.Errorf("raw subscribe: got %q from the server", b[0])
+	}
+	return nil
 }
 
 // readRaw hands each message read from st to deliver until an error.
