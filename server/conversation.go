@@ -316,7 +316,7 @@ func newReceipts(s *Server) *receipts {
 func (r *receipts) acked(user string, pos store.Position) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p, ok := r.pending[user]; ok && p.Epoch == pos.Epoch && p.Seq >= pos.Seq {
+	if p, ok := r.pending[user]; ok && p.Covers(pos) {
 		return
 	}
 	r.pending[user] = pos

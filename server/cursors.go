@@ -34,7 +34,7 @@ func (w *cursorWriter) set(user, channel string, pos store.Position) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	k := cursorKey{user, channel}
-	if old, ok := w.dirty[k]; ok && old.Epoch == pos.Epoch && old.Seq >= pos.Seq {
+	if old, ok := w.dirty[k]; ok && old.Covers(pos) {
 		return
 	}
 	w.dirty[k] = pos

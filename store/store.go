@@ -419,23 +419,7 @@ func (db *DB) SetCursors(ctx context.Context, cursors []Cursor) error {
 func (db *DB) setCursors(ctx context.Context, cursors []Cursor) error {
 	set := func(txn *badger.Txn) error {
 		for _, c := range cursors {
-			key := cursorKey(c.User, c.Channel)
-			item, err := txn.Get(key)
-			if err == nil {
-				var cur Position
-				if err := item.Value(func(v []byte) (err error) {
-					cur, err = decodePosition(v)
-					return err
-				}); err != nil {
-					return err
-				}
-				if cur.Epoch == c.Pos.Epoch && cur.Seq >= c.Pos.Seq {
-					continue
-				}
-			} else if !errors.Is(err, badger.ErrKeyNotFound) {
-				return err
-			}
-			if err := txn.Set(key, encodePosition(c.Pos)); err != nil {
+			if err := setCursor(txn, c); err != nil {
 				return err
 			}
 		}
@@ -453,6 +437,27 @@ func (db *DB) setCursors(ctx context.Context, cursors []Cursor) error {
 		}
 	}
 	return translate(err)
+}
+
+// setCursor moves c's cursor to c.Pos in txn, unless it covers it already.
+func setCursor(txn *badger.Txn, c Cursor) error {
+	key := cursorKey(c.User, c.Channel)
+	item, err := txn.Get(key)
+	if err == nil {
+		var cur Position
+		if err := item.Value(func(v []byte) (err error) {
+			cur, err = decodePosition(v)
+			return err
+		}); err != nil {
+			return err
+		}
+		if cur.Covers(c.Pos) {
+			return nil
+		}
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return err
+	}
+	return txn.Set(key, encodePosition(c.Pos))
 }
 
 // Cursor returns user's position on channel, zero if none was set.

@@ -57,6 +57,10 @@ type Position struct {
 	Seq   uint64
 }
 
+// Covers reports whether p is at or past q in q's epoch: a cursor at p
+// never moves back to q (a different epoch replaces it).
+func (p Position) Covers(q Position) bool { return p.Epoch == q.Epoch && p.Seq >= q.Seq }
+
 // Cursor is user's position on channel: what they have handled.
 type Cursor struct {
 	User, Channel string

@@ -279,7 +279,7 @@ func (s *Store) SetCursors(ctx context.Context, cursors []store.Cursor) error {
 	defer s.mu.Unlock()
 	for _, c := range cursors {
 		k := cursorKey{c.User, c.Channel}
-		if cur, ok := s.cursors[k]; ok && cur.Epoch == c.Pos.Epoch && cur.Seq >= c.Pos.Seq {
+		if cur, ok := s.cursors[k]; ok && cur.Covers(c.Pos) {
 			continue
 		}
 		s.cursors[k] = c.Pos
