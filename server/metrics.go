@@ -228,9 +228,14 @@ func (m *metrics) goAway(code stream.ErrCode) {
 func (s *Server) appendToStore(ctx context.Context, reqs []store.AppendRequest) ([]store.AppendResult, error) {
 	start := time.Now()
 	res, err := s.cfg.Store.Append(ctx, reqs)
-	s.metrics.appendDuration.Observe(time.Since(start).Seconds())
-	s.metrics.appendBatch.Observe(float64(len(reqs)))
+	s.metrics.appended(start, len(reqs))
 	return res, err
+}
+
+// appended times an append of n requests that began at start.
+func (m *metrics) appended(start time.Time, n int) {
+	m.appendDuration.Observe(time.Since(start).Seconds())
+	m.appendBatch.Observe(float64(n))
 }
 
 // refusePublish answers p with e and counts the refusal.

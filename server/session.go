@@ -34,10 +34,11 @@ type session struct {
 	pubQueue   []*pb.Publish
 	inFlight   int // queued plus being appended
 	publishing bool
+	pubWake    chan struct{} // a publish was queued while publishing
 }
 
 func newSession(c *conn, st bidiStream, name string) *session {
-	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8)}
+	s := &session{c: c, name: name, subs: map[string]struct{}{}, receiptSlots: make(chan struct{}, 8), pubWake: make(chan struct{}, 1)}
 	s.pubCond.L = &s.pubMu
 	s.send = stream.NewSender(st, c.budget, func(err error) {
 		if isStreamError(err) {
@@ -300,7 +301,12 @@ func (s *session) publish(p *pb.Publish) error {
 	}
 	s.pubQueue = append(s.pubQueue, p)
 	s.inFlight++
-	if !s.publishing {
+	if s.publishing {
+		select {
+		case s.pubWake <- struct{}{}:
+		default:
+		}
+	} else {
 		s.publishing = true
 		s.c.wg.Add(1)
 		go func() {
@@ -320,10 +326,16 @@ func (s *session) publishLoop() error {
 		s.stopPublishing()
 		return nil
 	}
+	// At most two batches in flight: one committing, the next queued behind
+	// it in the store (queuingStore), which answers both together.
+	var inFlight []*storing
 	for {
+		var batch []*pb.Publish
 		s.pubMu.Lock()
-		batch := s.nextPublishBatch()
-		if len(batch) == 0 {
+		if len(inFlight) < 2 {
+			batch = s.nextPublishBatch()
+		}
+		if len(batch) == 0 && len(inFlight) == 0 {
 			// Under the same lock as publish's check: a publish queued
 			// after this starts a new loop.
 			s.publishing = false
@@ -332,22 +344,21 @@ func (s *session) publishLoop() error {
 			return nil
 		}
 		s.pubMu.Unlock()
-		var out []byte
-		results := s.store(batch)
-		for i, res := range results {
-			s.c.s.metrics.published(res.AppendResult, res.err)
-			out, _ = stream.AppendFrame(out, publishReply(batch[i], res))
+		if len(batch) > 0 {
+			inFlight = append(inFlight, s.beginStore(batch))
 		}
-		s.pubMu.Lock()
-		s.inFlight -= len(batch)
-		s.pubMu.Unlock()
-		err := s.send.Send(out)
-		for i, p := range batch {
-			if p.Confirm != nil { // after the PublishAck: progress never overtakes it
-				s.c.s.confirms.stored(s, p.RequestId, results[i])
-			}
+		wake := s.pubWake
+		if len(inFlight) == 2 {
+			wake = nil
 		}
-		if err != nil {
+		select {
+		case <-inFlight[0].done:
+		case <-wake:
+			continue
+		}
+		st := inFlight[0]
+		inFlight = inFlight[1:]
+		if err := s.answerPublishes(st); err != nil {
 			s.stopPublishing()
 			if errors.Is(err, stream.ErrQueueFull) {
 				return err
@@ -355,6 +366,69 @@ func (s *session) publishLoop() error {
 			return nil // the session's stream is gone
 		}
 	}
+}
+
+// storing is a batch of publishes on its way into the store.
+type storing struct {
+	batch   []*pb.Publish
+	done    <-chan struct{} // closed once results (or pending) can be read
+	pending *store.Pending  // a queued append; nil: results is set
+	start   time.Time       // when it was queued
+	results []publishResult
+}
+
+// alreadyDone is a closed channel: what was stored at once is done.
+var alreadyDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// beginStore queues batch in the store if it can queue (queuingStore),
+// else stores it now.
+func (s *session) beginStore(batch []*pb.Publish) *storing {
+	st := &storing{batch: batch, done: alreadyDone}
+	q, ok := s.c.s.cfg.Store.(queuingStore)
+	if !ok {
+		st.results = s.store(batch)
+		return st
+	}
+	st.start = time.Now()
+	p, err := q.Queue(context.WithoutCancel(s.c.ctx), s.appendRequests(batch))
+	if err != nil {
+		// Refused whole (too large, invalid: storing each alone tells the
+		// culprit) or not taken: nothing is queued, so order holds.
+		st.results = s.store(batch)
+		return st
+	}
+	st.pending, st.done = &p, p.Done()
+	return st
+}
+
+// answerPublishes sends the PublishAcks (or Errors) of a stored batch.
+func (s *session) answerPublishes(st *storing) error {
+	batch, results := st.batch, st.results
+	if st.pending != nil {
+		res, err := st.pending.Result()
+		s.c.s.metrics.appended(st.start, len(batch))
+		results = make([]publishResult, len(batch))
+		for i := range results {
+			if results[i].err = err; err == nil {
+				results[i].AppendResult = res[i]
+			}
+		}
+	}
+	var out []byte
+	for i, res := range results {
+		s.c.s.metrics.published(res.AppendResult, res.err)
+		out, _ = stream.AppendFrame(out, publishReply(batch[i], res))
+	}
+	s.pubMu.Lock()
+	s.inFlight -= len(batch)
+	s.pubMu.Unlock()
+	err := s.send.Send(out)
+	for i, p := range batch {
+		if p.Confirm != nil { // after the PublishAck: progress never overtakes it
+			s.c.s.confirms.stored(s, p.RequestId, results[i])
+		}
+	}
+	return err
 }
 
 // stopPublishing ends the publish loop early: the session is going away.
@@ -375,10 +449,7 @@ type publishResult struct {
 // whole for what one request holds (too large, invalid), each publish is
 // appended alone, so that only the culprit fails.
 func (s *session) store(batch []*pb.Publish) []publishResult {
-	reqs := make([]store.AppendRequest, len(batch))
-	for i, p := range batch {
-		reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data, Critical: p.Critical}
-	}
+	reqs := s.appendRequests(batch)
 	ctx := context.WithoutCancel(s.c.ctx) // a publish taken is finished
 	out := make([]publishResult, len(batch))
 	res, err := s.c.s.appendToStore(ctx, reqs)
@@ -400,6 +471,15 @@ func (s *session) store(batch []*pb.Publish) []publishResult {
 		}
 	}
 	return out
+}
+
+// appendRequests are the store's requests for batch.
+func (s *session) appendRequests(batch []*pb.Publish) []store.AppendRequest {
+	reqs := make([]store.AppendRequest, len(batch))
+	for i, p := range batch {
+		reqs[i] = store.AppendRequest{Channel: p.Channel, From: s.c.user, ID: p.Id, Data: p.Data, Critical: p.Critical}
+	}
+	return reqs
 }
 
 // publishReply is the PublishAck, or the Error, answering p.

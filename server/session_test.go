@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/quicpush/quicpush/client"
 	"github.com/quicpush/quicpush/server"
+	"github.com/quicpush/quicpush/store"
 	"github.com/quicpush/quicpush/stream"
 	pb "github.com/quicpush/quicpush/stream/quicpushpb"
 )
@@ -96,4 +98,54 @@ func TestRepairIsAuthorized(t *testing.T) {
 	require.ErrorIs(t, err, &stream.Error{Code: stream.Forbidden})
 	_, err = student.Session("s").Publish(context.Background(), "staff/notes", []byte("x"), client.PublishOptions{})
 	require.ErrorIs(t, err, &stream.Error{Code: stream.Forbidden})
+}
+
+// On the Badger store a session keeps its next batch of publishes queued
+// while one commits: many publishes sent at once, on three channels, are
+// still stored in the order sent and answered in that order; the FIN that
+// follows them is answered after the last; a subscriber gets each once,
+// in order.
+func TestPipelinedPublishesKeepTheirOrder(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{Logger: quietLog})
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	ts := runServer(t, server.Config{Store: db, PublishRate: -1})
+	channels := []string{"room/p0", "room/p1", "room/p2"}
+	rec := newRecorder()
+	sess := dial(t, ts, client.Config{}).Session("classroom")
+	for _, ch := range channels {
+		_, err := sess.Subscribe(t.Context(), ch, client.SubscribeOptions{Since: seqPtr(0)}, rec.handle)
+		require.NoError(t, err)
+	}
+
+	const n = 900
+	rc := dialRaw(t, ts)
+	rc.hello()
+	frames := []*pb.Frame{{Body: &pb.Frame_SessionOpen{SessionOpen: &pb.SessionOpen{Name: "s"}}}}
+	for i := 1; i <= n; i++ {
+		ch := channels[i%len(channels)]
+		frames = append(frames, &pb.Frame{Body: &pb.Frame_Publish{Publish: &pb.Publish{
+			RequestId: uint64(i), Channel: ch, Data: fmt.Appendf(nil, "%s %d", ch, (i-1)/len(channels)+1)}}})
+	}
+	st := rc.open(frames...)
+	require.NoError(t, st.Close())
+	st.SetReadDeadline(time.Now().Add(20 * time.Second))
+	r := stream.NewReader(st, 0)
+	for i := 1; i <= n; i++ {
+		f, err := r.ReadFrame()
+		require.NoError(t, err)
+		ack := f.GetPublishAck()
+		require.Equal(t, uint64(i), ack.GetRequestId(), "answered in the order sent")
+		require.Equal(t, uint64((i-1)/len(channels)+1), ack.GetSeq(), "stored in the order sent")
+	}
+	_, err = r.ReadFrame()
+	require.ErrorIs(t, err, io.EOF, "the server ends its side after the last ack")
+
+	for _, ch := range channels {
+		rec.waitCount(t, ch, n/len(channels), 10*time.Second)
+		rec.requireExactly(t, ch, 1, uint64(n/len(channels)))
+		for i, m := range rec.messages(ch) {
+			require.Equal(t, fmt.Sprintf("%s %d", ch, i+1), string(m.Data))
+		}
+	}
 }

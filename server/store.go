@@ -32,3 +32,11 @@ type Store interface {
 	// Range. fn must not block. The returned func stops the calls.
 	Watch(fn func([]store.Message)) (stop func())
 }
+
+// queuingStore is a Store that can queue an append behind the one
+// committing (store.DB): a session's publisher then keeps its next batch
+// queued while one commits, and the store answers and fans out both
+// together. Other stores are called with Append, one batch at a time.
+type queuingStore interface {
+	Queue(ctx context.Context, reqs []store.AppendRequest) (store.Pending, error)
+}

@@ -79,6 +79,7 @@ type writerState struct {
 	// often split into two groups, one committing while the other waits.
 	sizes     [2]int
 	committed *batch // the batch committing, nil if none
+	held      *batch // committed, answered with the next to land
 	building  *batch // the next one
 	backlog   []*appendOp
 	trims     []*trim // retention's, not done yet
@@ -98,37 +99,57 @@ type writerState struct {
 // idempotency keys (AppendRequest.ID) is safe: a request already stored
 // returns its original seq with Duplicate set.
 func (db *DB) Append(ctx context.Context, reqs []AppendRequest) ([]AppendResult, error) {
-	if err := ctx.Err(); err != nil {
+	p, err := db.Queue(ctx, reqs)
+	if err != nil {
 		return nil, err
+	}
+	select {
+	case <-p.Done():
+		return p.Result()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Pending is an Append queued by Queue.
+type Pending struct{ op *appendOp }
+
+// Done is closed once the append is durable or failed.
+func (p Pending) Done() <-chan struct{} { return p.op.done }
+
+// Result is Append's answer; call it once Done is closed.
+func (p Pending) Result() ([]AppendResult, error) { return p.op.res, p.op.err }
+
+// Queue is Append in two steps: it checks reqs (refusing them as Append
+// does) and queues them for the writer, then returns; the Pending's Done
+// closes once they are durable or failed. Calls queued one after another
+// are committed in that order, so a caller can queue its next call while
+// the one before commits, and the writer then answers both together.
+func (db *DB) Queue(ctx context.Context, reqs []AppendRequest) (Pending, error) {
+	if err := ctx.Err(); err != nil {
+		return Pending{}, err
 	}
 	cost, err := db.check(reqs)
 	if err != nil {
-		return nil, err
+		return Pending{}, err
 	}
 	leave, err := db.enter()
 	if err != nil {
-		return nil, err
+		return Pending{}, err
 	}
-	if len(reqs) == 0 {
-		leave()
-		return nil, nil
-	}
+	defer leave()
 	op := &appendOp{reqs: reqs, cost: cost, done: make(chan struct{})}
+	if len(reqs) == 0 {
+		close(op.done)
+		return Pending{op}, nil
+	}
 	select {
 	case db.queue <- op:
-		leave()
+		return Pending{op}, nil
 	case <-db.ctx.Done():
-		leave()
-		return nil, ErrClosed
+		return Pending{}, ErrClosed
 	case <-ctx.Done():
-		leave()
-		return nil, ctx.Err()
-	}
-	select {
-	case <-op.done:
-		return op.res, op.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+		return Pending{}, ctx.Err()
 	}
 }
 
@@ -170,6 +191,11 @@ func (db *DB) runWriter() {
 		if w.committed == nil && (len(w.building.ops) > 0 || len(w.trims) > 0) {
 			db.submit()
 			continue
+		}
+		if w.committed == nil && w.held != nil {
+			// The batch it waited for failed to build: nothing commits.
+			db.release(w.held)
+			w.held = nil
 		}
 		var queue chan *appendOp
 		if len(w.backlog) == 0 {
@@ -222,6 +248,8 @@ func (db *DB) stopWriter() {
 		<-w.committed.landed
 		db.land()
 	}
+	db.release(w.held)
+	w.held = nil
 	w.building.txn.Discard()
 	for _, op := range append(w.building.ops, w.backlog...) {
 		op.finish(ErrClosed)
@@ -360,6 +388,8 @@ func (db *DB) land() {
 	b := w.committed
 	w.committed = nil
 	if b.err != nil {
+		db.release(w.held)
+		w.held = nil
 		next := w.building
 		db.rollBack(b, next)
 		next.txn.Discard()
@@ -389,8 +419,33 @@ func (db *DB) land() {
 		// idle writer holds no old read timestamp.
 		w.building.txn.Discard()
 		w.building = db.newBatch(nil)
+	} else if w.held == nil {
+		// The next batch commits right behind b: notify and answer both
+		// together (see the package doc). At most one batch waits.
+		w.held = b
+		return
+	}
+	if h := w.held; h != nil {
+		w.held = nil
+		db.notify(append(h.msgs, b.msgs...))
+		h.answer()
+		b.answer()
+		return
+	}
+	db.release(b)
+}
+
+// release notifies the watchers of b's messages, then answers its calls.
+func (db *DB) release(b *batch) {
+	if b == nil {
+		return
 	}
 	db.notify(b.msgs)
+	b.answer()
+}
+
+// answer tells b's calls and trims that b is durable.
+func (b *batch) answer() {
 	for _, op := range b.ops {
 		op.finish(nil)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -237,4 +238,148 @@ func TestIdempotencyUnderHashCollisions(t *testing.T) {
 	res, err = db.Append(ctx, []AppendRequest{{Channel: "c", From: "u", ID: "a"}, {Channel: "c", From: "u", ID: "f"}})
 	require.NoError(t, err)
 	require.Equal(t, []string{"1 true", "6 false"}, seqs(res))
+}
+
+// gateFirstCommit makes db's next commit land only once release is called
+// (with the commit's error, nil for the real outcome); started is closed
+// when that commit begins. Later commits are Badger's as usual, or fail
+// with fail's error if it is set.
+func gateFirstCommit(db *DB, fail error) (started <-chan struct{}, release func(error)) {
+	gate := make(chan error, 1)
+	begun := make(chan struct{})
+	commit := db.commit
+	var once sync.Once
+	db.commit = func(txn *badger.Txn, done func(error)) {
+		first := false
+		once.Do(func() { first = true })
+		switch {
+		case first:
+			close(begun)
+			commit(txn, func(err error) {
+				if injected := <-gate; injected != nil {
+					err = injected
+				}
+				done(err)
+			})
+		case fail != nil:
+			txn.Discard()
+			done(fail)
+		default:
+			commit(txn, done)
+		}
+	}
+	return begun, func(err error) { gate <- err }
+}
+
+// watchCalls records each Watch call's messages as "channel:seq" lists.
+func watchCalls(t *testing.T, db *DB) func() [][]string {
+	var mu sync.Mutex
+	var calls [][]string
+	stop := db.Watch(func(msgs []Message) {
+		var call []string
+		for _, m := range msgs {
+			call = append(call, fmt.Sprintf("%s:%d", m.Channel, m.Seq))
+		}
+		mu.Lock()
+		calls = append(calls, call)
+		mu.Unlock()
+	})
+	t.Cleanup(stop)
+	return func() [][]string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(calls)
+	}
+}
+
+// TestBatchGoesOutWithTheNext: a batch that lands while the next is built
+// is visible at once, but its watchers and callers hear of it together
+// with the next batch: one Watch call for both, before either answer.
+func TestBatchGoesOutWithTheNext(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	ctx := t.Context()
+	calls := watchCalls(t, db)
+	started, release := gateFirstCommit(db, nil)
+
+	first, err := db.Queue(ctx, []AppendRequest{{Channel: "c", Data: []byte("1")}})
+	require.NoError(t, err)
+	<-started
+	second, err := db.Queue(ctx, []AppendRequest{{Channel: "c", Data: []byte("2")}, {Channel: "d", Data: []byte("1")}})
+	require.NoError(t, err)
+	// The writer builds what it took before it takes a landing.
+	require.Eventually(t, func() bool { return len(db.queue) == 0 }, 10*time.Second, time.Millisecond)
+	release(nil)
+
+	<-first.Done()
+	require.Equal(t, [][]string{{"c:1", "c:2", "d:1"}}, calls(), "one call for both, before the first's answer")
+	res, err := first.Result()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), res[0].Seq)
+	<-second.Done()
+	res, err = second.Result()
+	require.NoError(t, err)
+	require.Equal(t, []uint64{2, 1}, []uint64{res[0].Seq, res[1].Seq})
+
+	// Alone, a batch goes out as soon as it lands.
+	_, err = db.Append(ctx, []AppendRequest{{Channel: "c", Data: []byte("3")}})
+	require.NoError(t, err)
+	require.Equal(t, [][]string{{"c:1", "c:2", "d:1"}, {"c:3"}}, calls())
+}
+
+// TestBatchHeldForAFailedNext: when the batch a landed one waits for fails
+// to commit, the landed one is still notified and answered as stored; the
+// failed one's calls get the error, and its seqs are handed out again.
+func TestBatchHeldForAFailedNext(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	ctx := t.Context()
+	calls := watchCalls(t, db)
+	started, release := gateFirstCommit(db, errors.New("injected"))
+
+	first, err := db.Queue(ctx, []AppendRequest{{Channel: "c", Data: []byte("1")}})
+	require.NoError(t, err)
+	<-started
+	second, err := db.Queue(ctx, []AppendRequest{{Channel: "c", Data: []byte("lost")}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(db.queue) == 0 }, 10*time.Second, time.Millisecond)
+	release(nil)
+
+	<-first.Done()
+	res, err := first.Result()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), res[0].Seq)
+	<-second.Done()
+	_, err = second.Result()
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.Equal(t, [][]string{{"c:1"}}, calls())
+	require.Equal(t, uint64(1), mustBounds(t, db, "c").Last)
+}
+
+// TestQueueKeepsCallOrder: calls queued one after another without waiting
+// are committed in that order.
+func TestQueueKeepsCallOrder(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1, MaxBatchEntries: 8})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	ctx := t.Context()
+	var pending []Pending
+	for i := range 300 {
+		p, err := db.Queue(ctx, []AppendRequest{{Channel: "c", Data: fmt.Append(nil, i)}, {Channel: "d", Data: fmt.Append(nil, i)}})
+		require.NoError(t, err)
+		pending = append(pending, p)
+	}
+	for i, p := range pending {
+		<-p.Done()
+		res, err := p.Result()
+		require.NoError(t, err)
+		require.Equal(t, []uint64{uint64(i + 1), uint64(i + 1)}, []uint64{res[0].Seq, res[1].Seq})
+	}
+	msgs, err := db.Range(ctx, "c", 1, 300, 300)
+	require.NoError(t, err)
+	for i, m := range msgs {
+		require.Equal(t, fmt.Sprint(i), string(m.Data))
+	}
 }

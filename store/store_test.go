@@ -51,7 +51,9 @@ func TestContract(t *testing.T) {
 }
 
 // TestGroupCommit: with batches smaller than the queue, calls wait for a
-// later batch, and seqs stay 1..N; a batch never exceeds its cap.
+// later batch, and seqs stay 1..N; a batch never exceeds its cap, and a
+// watcher gets at most two at once (a batch that lands while the next is
+// built goes out with it).
 func TestGroupCommit(t *testing.T) {
 	db := open(t, t.TempDir(), store.Options{MaxBatchEntries: 4})
 	var mu sync.Mutex
@@ -94,7 +96,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	require.LessOrEqual(t, largest, 4)
+	require.LessOrEqual(t, largest, 2*4)
 	t.Logf("%d messages in %d batches", len(seen)-1, batches)
 }
 
