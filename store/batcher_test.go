@@ -240,6 +240,16 @@ func TestIdempotencyUnderHashCollisions(t *testing.T) {
 	require.Equal(t, []string{"1 true", "6 false"}, seqs(res))
 }
 
+// openQuiet opens a store in a temporary directory with opts, logging
+// nothing and running no retention; it is closed when the test ends.
+func openQuiet(t *testing.T, opts Options) *DB {
+	opts.Logger, opts.RetentionInterval = slog.New(slog.NewTextHandler(io.Discard, nil)), -1
+	db, err := Open(t.TempDir(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	return db
+}
+
 // gateFirstCommit makes db's next commit land only once release is called
 // (with the commit's error, nil for the real outcome); started is closed
 // when that commit begins. Later commits are Badger's as usual, or fail
@@ -296,9 +306,7 @@ func watchCalls(t *testing.T, db *DB) func() [][]string {
 // is visible at once, but its watchers and callers hear of it together
 // with the next batch: one Watch call for both, before either answer.
 func TestBatchGoesOutWithTheNext(t *testing.T) {
-	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	db := openQuiet(t, Options{})
 	ctx := t.Context()
 	calls := watchCalls(t, db)
 	started, release := gateFirstCommit(db, nil)
@@ -332,9 +340,7 @@ func TestBatchGoesOutWithTheNext(t *testing.T) {
 // to commit, the landed one is still notified and answered as stored; the
 // failed one's calls get the error, and its seqs are handed out again.
 func TestBatchHeldForAFailedNext(t *testing.T) {
-	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	db := openQuiet(t, Options{})
 	ctx := t.Context()
 	calls := watchCalls(t, db)
 	started, release := gateFirstCommit(db, errors.New("injected"))
@@ -361,9 +367,7 @@ func TestBatchHeldForAFailedNext(t *testing.T) {
 // TestQueueKeepsCallOrder: calls queued one after another without waiting
 // are committed in that order.
 func TestQueueKeepsCallOrder(t *testing.T) {
-	db, err := Open(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RetentionInterval: -1, MaxBatchEntries: 8})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	db := openQuiet(t, Options{MaxBatchEntries: 8})
 	ctx := t.Context()
 	var pending []Pending
 	for i := range 300 {
