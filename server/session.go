@@ -371,6 +371,7 @@ func (s *session) publishLoop() error {
 // storing is a batch of publishes on its way into the store.
 type storing struct {
 	batch   []*pb.Publish
+	reqs    []store.AppendRequest
 	done    <-chan struct{} // closed once results (or pending) can be read
 	pending *store.Pending  // a queued append; nil: results is set
 	start   time.Time       // when it was queued
@@ -389,12 +390,11 @@ func (s *session) beginStore(batch []*pb.Publish) *storing {
 		st.results = s.store(batch)
 		return st
 	}
-	st.start = time.Now()
-	p, err := q.Queue(context.WithoutCancel(s.c.ctx), s.appendRequests(batch))
+	st.reqs, st.start = s.appendRequests(batch), time.Now()
+	p, err := q.Queue(context.WithoutCancel(s.c.ctx), st.reqs)
 	if err != nil {
-		// Refused whole (too large, invalid: storing each alone tells the
-		// culprit) or not taken: nothing is queued, so order holds.
-		st.results = s.store(batch)
+		// Refused or not taken: nothing is queued, so order holds.
+		st.results = s.results(st.reqs, nil, err)
 		return st
 	}
 	st.pending, st.done = &p, p.Done()
@@ -407,12 +407,7 @@ func (s *session) answerPublishes(st *storing) error {
 	if st.pending != nil {
 		res, err := st.pending.Result()
 		s.c.s.metrics.appended(st.start, len(batch))
-		results = make([]publishResult, len(batch))
-		for i := range results {
-			if results[i].err = err; err == nil {
-				results[i].AppendResult = res[i]
-			}
-		}
+		results = s.results(st.reqs, res, err)
 	}
 	var out []byte
 	for i, res := range results {
@@ -450,15 +445,22 @@ type publishResult struct {
 // appended alone, so that only the culprit fails.
 func (s *session) store(batch []*pb.Publish) []publishResult {
 	reqs := s.appendRequests(batch)
-	ctx := context.WithoutCancel(s.c.ctx) // a publish taken is finished
-	out := make([]publishResult, len(batch))
-	res, err := s.c.s.appendToStore(ctx, reqs)
+	res, err := s.c.s.appendToStore(context.WithoutCancel(s.c.ctx), reqs) // a publish taken is finished
+	return s.results(reqs, res, err)
+}
+
+// results turns the store's answer to reqs into one result per publish.
+// A call refused whole for what one request holds is stored again one
+// request at a time, so that only the culprit fails.
+func (s *session) results(reqs []store.AppendRequest, res []store.AppendResult, err error) []publishResult {
+	out := make([]publishResult, len(reqs))
 	switch {
 	case err == nil:
 		for i := range out {
 			out[i].AppendResult = res[i]
 		}
 	case len(reqs) > 1 && isRequestError(err):
+		ctx := context.WithoutCancel(s.c.ctx)
 		for i := range reqs {
 			one, err := s.c.s.appendToStore(ctx, reqs[i:i+1])
 			if out[i].err = err; err == nil {
