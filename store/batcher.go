@@ -194,8 +194,7 @@ func (db *DB) runWriter() {
 		}
 		if w.committed == nil && w.held != nil {
 			// The batch it waited for failed to build: nothing commits.
-			db.release(w.held)
-			w.held = nil
+			db.releaseHeld()
 		}
 		var queue chan *appendOp
 		if len(w.backlog) == 0 {
@@ -248,8 +247,7 @@ func (db *DB) stopWriter() {
 		<-w.committed.landed
 		db.land()
 	}
-	db.release(w.held)
-	w.held = nil
+	db.releaseHeld()
 	w.building.txn.Discard()
 	for _, op := range append(w.building.ops, w.backlog...) {
 		op.finish(ErrClosed)
@@ -388,8 +386,7 @@ func (db *DB) land() {
 	b := w.committed
 	w.committed = nil
 	if b.err != nil {
-		db.release(w.held)
-		w.held = nil
+		db.releaseHeld()
 		next := w.building
 		db.rollBack(b, next)
 		next.txn.Discard()
@@ -433,6 +430,12 @@ func (db *DB) land() {
 		return
 	}
 	db.release(b)
+}
+
+// releaseHeld releases the batch waiting for the next, if any.
+func (db *DB) releaseHeld() {
+	db.release(db.writer.held)
+	db.writer.held = nil
 }
 
 // release notifies the watchers of b's messages, then answers its calls.
